@@ -1,0 +1,1 @@
+"""Shared parts of cxr-triage: settings, logging, the command line and the preprocessing."""

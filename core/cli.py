@@ -1,0 +1,21 @@
+"""The ``cxr-triage`` command line: one console script with a subcommand per role."""
+
+from __future__ import annotations
+
+import click
+
+from core.logging import configure_logging
+from core.settings import Settings
+
+
+@click.group()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """cxr-triage: chest radiograph triage worker for hospital imaging networks."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    ctx.obj = settings
+
+
+def main() -> None:
+    cli()

@@ -6,6 +6,7 @@ import click
 
 from core.logging import configure_logging
 from core.settings import Settings
+from training.cli import evaluate, export, train
 
 
 @click.group()
@@ -15,6 +16,11 @@ def cli(ctx: click.Context) -> None:
     settings = Settings()
     configure_logging(settings.log_level)
     ctx.obj = settings
+
+
+cli.add_command(train)
+cli.add_command(evaluate)
+cli.add_command(export)
 
 
 def main() -> None:

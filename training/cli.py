@@ -69,7 +69,9 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @_data_option
 @click.option("--out", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the preset's epochs.")
-@click.option("--seed", type=int, help="Override the preset's seed (split, weights, batches).")
+@click.option(
+    "--seed", type=int, help="Override the preset's seed (weights, batch order, augmentation)."
+)
 @click.option(
     "--set",
     "overrides",

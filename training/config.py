@@ -49,7 +49,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run besides the data."""
+    """Everything that determines a training run besides the data.
+
+    ``split_seed`` draws the validation patients; ``seed`` the initial weights, batch order and
+    augmentation. Ensemble members share the split and differ in ``seed``.
+    """
 
     model: str
     architecture: Literal["paper", "cxrnet"]
@@ -67,6 +71,7 @@ class TrainConfig:
     class_weighting: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     val_fraction: float = 0.15
+    split_seed: int = 42
     seed: int = 42
     threshold_policy: Literal["argmax", "recall"] = "argmax"
     target_recall: float = 0.98

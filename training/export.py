@@ -112,7 +112,7 @@ def export(
         },
         "training_manifest_sha256": next(iter(shas)),
         "split": {
-            "seed": configs[0].seed,
+            "seed": configs[0].split_seed,
             "val_fraction": configs[0].val_fraction,
             "train_images": len(split.train),
             "val_images": len(split.val),

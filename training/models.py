@@ -82,7 +82,7 @@ def ensemble(members: Sequence[Any], name: str = "cxr_pneumonia") -> Any:
         raise ValueError(f"ensemble members disagree on the input shape: {sorted(sizes)}")
     inputs = keras.Input(sizes.pop(), name="image")
     outputs = [
-        keras.Model(member.inputs, member.outputs, name=f"member{i}")(inputs)
+        keras.Model(member.input, member.output, name=f"member{i}")(inputs)
         for i, member in enumerate(members)
     ]
     return keras.Model(inputs, keras.layers.Average(name="mean")(outputs), name=name)

@@ -110,7 +110,7 @@ def train(
     """Train ``cfg`` on the training part of ``data_dir`` and return the validation metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seeds(cfg.seed)
-    split = patient_split(list_samples(data_dir, "train"), cfg.val_fraction, cfg.seed)
+    split = patient_split(list_samples(data_dir, "train"), cfg.val_fraction, cfg.split_seed)
     manifest_sha = write_manifest(split, run_dir / MANIFEST_NAME)
     x_train = load_images(data_dir, split.train, cfg.input_size, cache_dir)
     x_val = load_images(data_dir, split.val, cfg.input_size, cache_dir)
@@ -150,6 +150,7 @@ def train(
         train_data,
         validation_data=val_data,
         epochs=cfg.epochs,
+        shuffle=False,  # training_dataset shuffles, seeded
         verbose=0,
         callbacks=[
             TqdmProgress(),

@@ -15,4 +15,6 @@ def configure_logging(level: str) -> None:
     """Send records at ``level`` and above to standard error, once per process."""
     logging.basicConfig(level=level.upper(), format=FORMAT)
     # pynetdicom logs every PDU at INFO; keep its association summaries only.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    quieter = max(logging.WARNING, logging.getLogger().level)
+    logging.getLogger("pynetdicom").setLevel(quieter)
+    logging.getLogger("alembic.runtime.plugins").setLevel(quieter)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "training" / "model" / "cxr_pneumonia.keras"
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [title.strip() for title in value.split(",") if title.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _stale_beyond_time_limit(self) -> Settings:
+        if self.stale_job_after <= self.task_time_limit:
+            raise ValueError("stale_job_after must exceed task_time_limit")
+        return self
 
     @property
     def spool_dir(self) -> Path:

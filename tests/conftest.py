@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.node import Node
+from tests.servers import PostgresServer, RedisServer, create_database, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +44,78 @@ def labelled_dicom_dir() -> Path:
     if not (path / "labels.csv").is_file():
         pytest.skip(f"labelled DICOMs not found at {path}")
     return path
+
+
+
+# --- Servers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the session: ``CXR_TEST_REDIS_URL``, or one started on a free port."""
+    if url := os.environ.get("CXR_TEST_REDIS_URL"):
+        yield url
+        return
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server this test may stop and start."""
+    server = RedisServer(free_port(), tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    if server.process is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: ``CXR_TEST_POSTGRES_URL``, or a cluster initialised on a free port."""
+    if url := os.environ.get("CXR_TEST_POSTGRES_URL"):
+        yield url
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server.admin_url
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> str:
+    """A fresh, empty database for one test."""
+    return create_database(postgres_admin_url)
+
+
+# --- Nodes ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def embedded_node(tmp_path: Path) -> Iterator[Node]:
+    """A node on the embedded default: SQLite and the SQLite broker under its home."""
+    home = tmp_path / "home"
+    node = Node(home=home, database_url=f"sqlite:///{home / 'cxr-triage.db'}")
+    node.migrate()
+    yield node
+    node.close()
+
+
+@pytest.fixture(params=["embedded", "redis-postgresql"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    """The same node on the embedded default and on Redis + PostgreSQL."""
+    home = tmp_path / "home"
+    if request.param == "embedded":
+        node = Node(home=home, database_url=f"sqlite:///{home / 'cxr-triage.db'}")
+    else:
+        node = Node(
+            home=home,
+            database_url=request.getfixturevalue("postgres_url"),
+            broker_url=request.getfixturevalue("redis_url"),
+        )
+    node.migrate()
+    yield node
+    node.close()

@@ -1,0 +1,1 @@
+"""The SQL database: models, sessions, repository functions and Alembic migrations."""

@@ -1,0 +1,1 @@
+"""The DICOM gateway: a pynetdicom Storage SCP that stores, records and queues what it receives."""

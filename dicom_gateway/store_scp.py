@@ -1,0 +1,354 @@
+"""The Storage SCP: a pynetdicom AE answering C-ECHO and C-STORE (PS3.4 Annex A and B).
+
+Handlers are plain functions taking ``event`` and their dependencies, bound in one list next to
+the server (``event_handlers``). pynetdicom writes each incoming data set straight to a temporary
+file in ``spool/.incoming`` as its PDUs arrive (``STORE_RECV_CHUNKED_DATASET``); the C-STORE
+handler only checks the header, moves the file into the spool and records it, and the response goes
+out when the handler returns. Inference is queued by the dispatcher after the commit.
+
+Several processes can share the port (``CXR_GATEWAY_PROCESSES``, ``SO_REUSEPORT``): the kernel
+spreads associations across them, so senders are not limited by one Python interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES,
+    AE,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from core.config import load_config
+from core.settings import Settings
+from db.models import AssociationOutcome
+from db.repository import close_association, open_association
+from db.session import make_engine, make_session_factory, session_scope
+from dicom_gateway.dispatcher import Dispatcher
+from dicom_gateway.ingest import Ingest
+from dicom_gateway.statuses import SUCCESS
+from worker.celery_app import PROCESS_INSTANCE_TASK, create_celery
+
+LOGGER = logging.getLogger(__name__)
+
+REJECT_TRANSIENT = 0x02
+REJECT_SOURCE_PRESENTATION = 0x03
+REJECT_LOCAL_LIMIT_EXCEEDED = 0x02
+"""A-ASSOCIATE-RJ result, source and reason for "temporarily out of room" (PS3.8 9.3.4)."""
+
+ACSE_REJECT_REASONS = {
+    (0x01, 0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x03, 0x02): "local limit exceeded",
+}
+
+
+@dataclass
+class AssociationRecord:
+    """What we count for one association until it ends."""
+
+    association_id: int
+    received: int = 0
+    refused: int = 0
+    outcome: AssociationOutcome = AssociationOutcome.ABORTED
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class AssociationLog:
+    """The audit rows of this process's associations, keyed by pynetdicom's Association."""
+
+    def __init__(self, sessions: Any) -> None:
+        self._sessions = sessions
+        self._records: dict[int, AssociationRecord] = {}
+
+    def opened(self, assoc: Any, outcome: AssociationOutcome, detail: str | None = None) -> int:
+        requestor = assoc.requestor
+        with session_scope(self._sessions) as session:
+            association_id = open_association(
+                session,
+                calling_ae_title=str(requestor.ae_title).strip(),
+                called_ae_title=str(assoc.acceptor.ae_title).strip(),
+                peer_address=str(requestor.address),
+                peer_port=int(requestor.port),
+                gateway_pid=os.getpid(),
+                outcome=outcome,
+                detail=detail,
+            )
+        if outcome is AssociationOutcome.OPEN:
+            self._records[id(assoc)] = AssociationRecord(association_id)
+        return association_id
+
+    def get(self, assoc: Any) -> AssociationRecord | None:
+        return self._records.get(id(assoc))
+
+    def closed(self, assoc: Any) -> None:
+        record = self._records.pop(id(assoc), None)
+        if record is None:
+            return
+        with session_scope(self._sessions) as session:
+            close_association(
+                session,
+                record.association_id,
+                outcome=record.outcome,
+                instances_received=record.received,
+                instances_refused=record.refused,
+            )
+        LOGGER.info(
+            "association %s %s: %d stored, %d refused",
+            record.association_id,
+            record.outcome,
+            record.received,
+            record.refused,
+        )
+
+
+# --- Handlers: plain functions of the event and their dependencies ---------------------------
+
+
+def handle_requested(event: Any, ingest: Ingest, log: AssociationLog) -> None:
+    """Refuse new associations while free disk is below the reserve (before negotiation)."""
+    if not ingest.has_room():
+        assoc = event.assoc
+        assoc.acse.send_reject(
+            REJECT_TRANSIENT, REJECT_SOURCE_PRESENTATION, REJECT_LOCAL_LIMIT_EXCEEDED
+        )
+        log.opened(assoc, AssociationOutcome.REJECTED, "free disk space below the reserve")
+        LOGGER.warning("association from %s refused: disk below reserve", assoc.requestor.ae_title)
+
+
+def handle_rejected(event: Any, log: AssociationLog) -> None:
+    """Audit associations that pynetdicom rejected (allow-list, association limit)."""
+    primitive = event.assoc.acceptor.primitive
+    reason = (primitive.result, primitive.result_source, primitive.diagnostic)
+    log.opened(
+        event.assoc, AssociationOutcome.REJECTED, ACSE_REJECT_REASONS.get(reason, str(reason))
+    )
+
+
+def handle_established(event: Any, log: AssociationLog) -> None:
+    log.opened(event.assoc, AssociationOutcome.OPEN)
+
+
+def handle_released(event: Any, log: AssociationLog) -> None:
+    record = log.get(event.assoc)
+    if record is not None:
+        record.outcome = AssociationOutcome.RELEASED
+
+
+def handle_closed(event: Any, log: AssociationLog) -> None:
+    """Write the association's audit row; an association never released counts as aborted."""
+    discard_partial_dataset(event.assoc)
+    log.closed(event.assoc)
+
+
+def handle_echo(event: Any) -> int:
+    """C-ECHO (PS3.4 A.4): always success."""
+    return SUCCESS
+
+
+def handle_store(event: Any, ingest: Ingest, log: AssociationLog) -> Dataset:
+    """C-STORE (PS3.4 B.2.2): store durably, record, then answer.
+
+    Returns the response status with an Error Comment (0000,0902) when refusing.
+    """
+    request = event.request
+    record = log.get(event.assoc)
+    result = ingest.store(
+        Path(event.dataset_path),
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        record.association_id if record else None,
+    )
+    if record is not None:
+        with record.lock:
+            if result.stored:
+                record.received += 1
+            else:
+                record.refused += 1
+    response = Dataset()
+    response.Status = result.status
+    if result.comment:
+        response.ErrorComment = result.comment
+    return response
+
+
+def event_handlers(ingest: Ingest, log: AssociationLog) -> list[Any]:
+    return [
+        (evt.EVT_REQUESTED, handle_requested, [ingest, log]),
+        (evt.EVT_REJECTED, handle_rejected, [log]),
+        (evt.EVT_ESTABLISHED, handle_established, [log]),
+        (evt.EVT_RELEASED, handle_released, [log]),
+        (evt.EVT_CONN_CLOSE, handle_closed, [log]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [ingest, log]),
+    ]
+
+
+# --- The server --------------------------------------------------------------------------------
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port other gateway processes can bind too."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def build_ae(settings: Settings) -> AE:
+    """Our AE: every storage SOP class in every transfer syntax, plus Verification."""
+    ae = AE(ae_title=settings.ae_title)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.require_calling_aet = settings.allowed_calling_aets
+    return ae
+
+
+def receive_into(incoming: Path) -> None:
+    """Have pynetdicom write incoming data sets to files in ``incoming``, not to memory.
+
+    pynetdicom creates them with ``tempfile``; pointing ``tempfile`` at the spool's file system
+    makes the later rename atomic. The gateway process runs nothing else that uses ``tempfile``.
+    """
+    incoming.mkdir(parents=True, exist_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(incoming)
+
+
+def discard_partial_dataset(assoc: Any) -> None:
+    """Delete the temporary file of a data set cut off by an abort.
+
+    pynetdicom leaves the file it was writing open and on disk when the association ends in the
+    middle of a C-STORE; it is in the DIMSE provider's message being assembled.
+    """
+    message = getattr(assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        partial.close()
+        Path(partial.name).unlink(missing_ok=True)
+
+
+def remove_partial_files(incoming: Path, older_than_seconds: float) -> int:
+    """Delete data sets left half-received by aborted associations; none was acknowledged."""
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    for path in incoming.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+class Gateway:
+    """One receiving process: AE, ingest, association log and dispatcher."""
+
+    def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
+        self.settings = settings
+        receive_into(settings.incoming_dir)
+        self.engine = make_engine(settings.resolved_database_url)
+        sessions = make_session_factory(self.engine)
+        celery = create_celery(settings)
+
+        def publish(job_id: int) -> None:
+            celery.send_task(PROCESS_INSTANCE_TASK, args=[job_id], retry=False)
+
+        self.dispatcher = Dispatcher(
+            sessions, publish, settings.sweep_interval, settings.stale_job_after
+        )
+        self.ingest = Ingest(
+            settings.spool_dir,
+            settings.disk_reserve_mb * 1024 * 1024,
+            sessions,
+            load_config(settings.config).selection,
+            self.dispatcher.submit,
+        )
+        self.log = AssociationLog(sessions)
+        self.ae = build_ae(settings)
+        self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> ThreadedAssociationServer:
+        """Start listening in a background thread; returns the server (its port is bound)."""
+        remove_partial_files(self.settings.incoming_dir, older_than_seconds=0)
+        self.dispatcher.start()
+        self.server = self.ae.make_server(
+            (self.settings.dicom_host, self.settings.dicom_port),
+            evt_handlers=event_handlers(self.ingest, self.log),
+            server_class=self._server_class,
+        )
+        self.ae._servers.append(self.server)  # as AE.start_server does, so AE.shutdown stops it
+        thread = threading.Thread(target=self.server.serve_forever, name="scp", daemon=True)
+        thread.start()
+        LOGGER.info(
+            "%s listening on %s:%s (pid %s)",
+            self.settings.ae_title,
+            self.settings.dicom_host,
+            self.server.server_address[1],
+            os.getpid(),
+        )
+        return self.server
+
+    def stop(self) -> None:
+        self.ae.shutdown()
+        self.dispatcher.stop()
+        self.engine.dispose()
+
+
+def _serve_until_signalled(settings: Settings, reuse_port: bool) -> None:
+    gateway = Gateway(settings, reuse_port=reuse_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    gateway.start()
+    stop.wait()
+    LOGGER.info("gateway stopping")
+    gateway.stop()
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until SIGTERM/SIGINT, in ``settings.gateway_processes`` processes."""
+    if settings.gateway_processes == 1:
+        _serve_until_signalled(settings, reuse_port=False)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_serve_until_signalled, args=(settings, True), name=f"gateway-{index}"
+        )
+        for index in range(settings.gateway_processes)
+    ]
+    for process in processes:
+        process.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()

@@ -1,0 +1,1 @@
+"""Celery workers: preprocessing and inference of received images, and export to PACS."""

@@ -1,0 +1,77 @@
+"""The Celery application: Redis in production, Kombu's SQLAlchemy transport on SQLite embedded.
+
+Messages carry database ids only, as JSON. Tasks are acknowledged late with a prefetch of one, so a
+worker that dies mid-task leaves its message to be redelivered; the broker's visibility timeout is
+above the longest task so a slow task is never handed to a second worker while it still runs.
+
+``celery -A worker.celery_app worker`` works for Celery users; it reads the same ``CXR_`` settings.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings
+
+app: Celery
+
+INFERENCE_QUEUE = "inference"
+DICOM_QUEUE = "dicom"
+PROCESS_INSTANCE_TASK = "cxr.process_instance"
+EMBEDDED_BROKER_POLL_SECONDS = 0.05
+
+
+def _use_fast_embedded_polling() -> None:
+    """Kombu's SQLAlchemy transport polls every second by default.
+
+    Its transport options go to ``create_engine``, so in kombu 5.x the interval can only be set
+    on the transport class.
+    """
+    from kombu.transport.sqlalchemy import Transport
+
+    Transport.polling_interval = EMBEDDED_BROKER_POLL_SECONDS
+
+
+def create_celery(settings: Settings) -> Celery:
+    broker_url = settings.resolved_broker_url
+    transport_options: dict[str, float] = {}
+    if broker_url.startswith("sqla+"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+        _use_fast_embedded_polling()
+    else:
+        transport_options["visibility_timeout"] = settings.visibility_timeout
+    app = Celery("cxr_triage", broker=broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.8),
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_queues=[Queue(INFERENCE_QUEUE), Queue(DICOM_QUEUE)],
+        task_default_queue=INFERENCE_QUEUE,
+        task_routes={"cxr.process_instance": {"queue": INFERENCE_QUEUE}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    app.conf.cxr_settings = settings
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    """``app`` for ``celery -A worker.celery_app``, built on first use from the environment.
+
+    The ``cxr-triage`` entry points call ``create_celery`` with the settings they already read.
+    """
+    if name == "app":
+        global app
+        app = create_celery(Settings())
+        return app
+    raise AttributeError(name)

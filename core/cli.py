@@ -94,7 +94,7 @@ def send(paths: tuple[Path, ...], host: str, port: int, called_aet: str, calling
             bar.update(1)
             if not result.ok:
                 status = "none" if result.status is None else f"0x{result.status:04X}"
-                bar.write(f"FAILED {result.path}: status {status} {result.error or ''}".rstrip())
+                bar.write(f"FAILED {result.path}: status {status} {result.error or ''}".rstrip(), sys.stderr)
 
         results = send_files(files, host, port, called_aet, calling_aet, on_result=progress)
     summary = Counter(

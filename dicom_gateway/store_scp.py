@@ -79,11 +79,12 @@ class AssociationLog:
 
     def opened(self, assoc: Any, outcome: AssociationOutcome, detail: str | None = None) -> int:
         requestor = assoc.requestor
+        request = requestor.primitive  # the A-ASSOCIATE-RQ, available from EVT_REQUESTED on
         with session_scope(self._sessions) as session:
             association_id = open_association(
                 session,
-                calling_ae_title=str(requestor.ae_title).strip(),
-                called_ae_title=str(assoc.acceptor.ae_title).strip(),
+                calling_ae_title=str(request.calling_ae_title).strip(),
+                called_ae_title=str(request.called_ae_title).strip(),
                 peer_address=str(requestor.address),
                 peer_port=int(requestor.port),
                 gateway_pid=os.getpid(),
@@ -129,7 +130,10 @@ def handle_requested(event: Any, ingest: Ingest, log: AssociationLog) -> None:
             REJECT_TRANSIENT, REJECT_SOURCE_PRESENTATION, REJECT_LOCAL_LIMIT_EXCEEDED
         )
         log.opened(assoc, AssociationOutcome.REJECTED, "free disk space below the reserve")
-        LOGGER.warning("association from %s refused: disk below reserve", assoc.requestor.ae_title)
+        LOGGER.warning(
+            "association from %s refused: disk below reserve",
+            assoc.requestor.primitive.calling_ae_title,
+        )
 
 
 def handle_rejected(event: Any, log: AssociationLog) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.node import Node
 from tests.servers import PostgresServer, RedisServer, create_database, free_port
@@ -79,10 +82,14 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     if url := os.environ.get("CXR_TEST_POSTGRES_URL"):
         yield url
         return
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's temporary directory: that is private to root, and the server runs as
+    # the postgres user when the tests run as root.
+    directory = Path(tempfile.mkdtemp(prefix="cxr-test-postgres-"))
+    server = PostgresServer(directory)
     server.start()
     yield server.admin_url
     server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -111,10 +118,12 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
     if request.param == "embedded":
         node = Node(home=home, database_url=f"sqlite:///{home / 'cxr-triage.db'}")
     else:
+        broker_url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(broker_url).flushdb()  # no message of an earlier test
         node = Node(
             home=home,
             database_url=request.getfixturevalue("postgres_url"),
-            broker_url=request.getfixturevalue("redis_url"),
+            broker_url=broker_url,
         )
     node.migrate()
     yield node

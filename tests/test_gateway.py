@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -341,3 +342,52 @@ def test_association_limit_rejects_the_extra_association(embedded_node: Node) ->
     rows = embedded_node.query(select(Association.calling_ae_title, Association.outcome,
                                       Association.detail))
     assert ("SECOND", "rejected", "local limit exceeded") in rows
+
+
+@pytest.fixture
+def small_spool(embedded_node: Node) -> Iterator[Path]:
+    """A 48 MiB tmpfs as the node's spool, so the disk reserve can really be crossed."""
+    embedded_node.spool.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(embedded_node.spool)],
+        capture_output=True, text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the spool: {mounted.stderr.strip()}")
+    yield embedded_node.spool
+    subprocess.run(["umount", "-l", str(embedded_node.spool)], check=False)
+
+
+def test_disk_reserve_refuses_objects_then_associations(
+    embedded_node: Node, small_spool: Path, tmp_path: Path
+) -> None:
+    embedded_node.extra_env["CXR_DISK_RESERVE_MB"] = "24"
+    images = [
+        write_unchecked(chest_dx(rows=2048, columns=2048), tmp_path / f"image{i}.dcm")
+        for i in range(8)
+    ]  # 4 MiB each: the reserve is crossed after about six
+    with embedded_node.gateway() as gateway:
+        port = embedded_node.dicom_port
+        with association(port) as assoc:
+            statuses = [send_raw(assoc, image) for image in images]
+        stored = [s for s, _ in statuses if s == SUCCESS]
+        refused = [(s, c) for s, c in statuses if s != SUCCESS]
+        assert 4 <= len(stored) < len(images)
+        assert set(refused) == {(OUT_OF_RESOURCES, "free disk space below the configured reserve")}
+        # Statuses turn to refusals once and stay so: nothing after the first refusal is stored.
+        assert [s for s, _ in statuses] == [SUCCESS] * len(stored) + [OUT_OF_RESOURCES] * len(refused)
+        # Something else fills the disk below the reserve: new associations are refused.
+        filler = small_spool / "filler"
+        filler.write_bytes(b"\0" * (8 << 20))
+        assert echo(port, calling_ae_title="LATECOMER") is None
+        assert gateway.alive()
+        # Room again: associations are accepted again.
+        filler.unlink()
+        assert echo(port, calling_ae_title="AFTER") == SUCCESS
+    rows = embedded_node.query(
+        select(Association.calling_ae_title, Association.outcome, Association.detail)
+    )
+    assert ("LATECOMER", "rejected", "free disk space below the reserve") in rows
+    kept = spooled(embedded_node)
+    assert len(kept) == len(stored)
+    assert not list((small_spool / ".incoming").iterdir())

@@ -114,7 +114,6 @@ class Instance(Base):
     version: Mapped[int] = mapped_column(default=1)
     path: Mapped[str] = mapped_column(String(512), doc="Relative to the spool directory.")
     size_bytes: Mapped[int]
-    sha256: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
     view_position: Mapped[str | None] = mapped_column(String(16))

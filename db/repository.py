@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -38,7 +38,6 @@ class NewInstance:
     version: int
     path: str
     size_bytes: int
-    sha256: str
     modality: str | None
     body_part_examined: str | None
     view_position: str | None
@@ -95,90 +94,96 @@ def close_association(
 
 
 def stored_versions(session: Session, sop_instance_uid: str) -> list[tuple[int, str]]:
-    """(version, sha256) of every stored version of a SOP Instance UID, oldest first."""
+    """(version, spool path) of every stored version of a SOP Instance UID, oldest first."""
     rows = session.execute(
-        select(Instance.version, Instance.sha256)
+        select(Instance.version, Instance.path)
         .where(Instance.sop_instance_uid == sop_instance_uid)
         .order_by(Instance.version)
     )
-    return [(version, sha256) for version, sha256 in rows]
+    return [(version, path) for version, path in rows]
 
 
-def _ensure_study(session: Session, study_instance_uid: str, now: datetime) -> int:
+def _upsert_study(session: Session, study_instance_uid: str, now: datetime) -> int:
+    """The study's id, inserting it when new; either way its last_received_at becomes ``now``."""
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(Study)
-        .values(study_instance_uid=study_instance_uid, first_received_at=now, last_received_at=now)
-        .on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
+    statement = insert(Study).values(
+        study_instance_uid=study_instance_uid, first_received_at=now, last_received_at=now
     )
-    study_id = session.execute(
-        update(Study)
-        .where(Study.study_instance_uid == study_instance_uid)
-        .values(last_received_at=now)
-        .returning(Study.id)
-    ).scalar_one()
-    return int(study_id)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Study.study_instance_uid],
+        set_={"last_received_at": statement.excluded.last_received_at},
+    )
+    return int(session.execute(statement.returning(Study.id)).scalar_one())
 
 
 def add_instance(session: Session, new: NewInstance) -> tuple[int, int]:
     """Insert the instance, its study if new, and its job; returns (instance id, job id).
 
     The job starts ``received`` when the instance is to be queued, ``skipped`` (with the reason)
-    otherwise. Raises IntegrityError when another process stored the same version first.
+    otherwise. Raises IntegrityError when another process stored the same version first. Plain
+    INSERT statements, not the ORM unit of work: this runs once per received object.
     """
     now = utcnow()
-    study_id = _ensure_study(session, new.study_instance_uid, now)
-    instance = Instance(
-        study_id=study_id,
-        association_id=new.association_id,
-        series_instance_uid=new.series_instance_uid,
-        sop_instance_uid=new.sop_instance_uid,
-        sop_class_uid=new.sop_class_uid,
-        transfer_syntax_uid=new.transfer_syntax_uid,
-        version=new.version,
-        path=new.path,
-        size_bytes=new.size_bytes,
-        sha256=new.sha256,
-        modality=new.modality,
-        body_part_examined=new.body_part_examined,
-        view_position=new.view_position,
-        received_at=now,
-    )
+    instance_id = session.execute(
+        insert(Instance)
+        .values(
+            study_id=_upsert_study(session, new.study_instance_uid, now),
+            association_id=new.association_id,
+            series_instance_uid=new.series_instance_uid,
+            sop_instance_uid=new.sop_instance_uid,
+            sop_class_uid=new.sop_class_uid,
+            transfer_syntax_uid=new.transfer_syntax_uid,
+            version=new.version,
+            path=new.path,
+            size_bytes=new.size_bytes,
+            modality=new.modality,
+            body_part_examined=new.body_part_examined,
+            view_position=new.view_position,
+            received_at=now,
+        )
+        .returning(Instance.id)
+    ).scalar_one()
     skipped = new.skip_reason is not None
-    job = Job(
-        instance=instance,
-        state=JobState.SKIPPED if skipped else JobState.RECEIVED,
-        reason=new.skip_reason,
-        received_at=now,
-        skipped_at=now if skipped else None,
-    )
-    session.add_all([instance, job])
-    session.flush()
-    return instance.id, job.id
+    job_id = session.execute(
+        insert(Job)
+        .values(
+            instance_id=instance_id,
+            state=JobState.SKIPPED if skipped else JobState.RECEIVED,
+            reason=new.skip_reason,
+            received_at=now,
+            skipped_at=now if skipped else None,
+        )
+        .returning(Job.id)
+    ).scalar_one()
+    return int(instance_id), int(job_id)
 
 
-def claim_for_queue(session: Session, job_id: int, stale_before: datetime | None = None) -> bool:
-    """Mark a job queued before its message is published; False when someone else has it.
+def claim_for_queue(
+    session: Session, job_ids: list[int], stale_before: datetime | None = None
+) -> list[int]:
+    """Mark jobs queued before their messages are published; returns the ids this call claimed.
 
     A ``received`` job is always claimable. With ``stale_before``, a stale job is claimable again
-    (see ``_stale``).
+    (see ``_stale``). A job another process claimed first is not returned.
     """
-    now = utcnow()
     claimable = Job.state == JobState.RECEIVED
     if stale_before is not None:
         claimable = or_(claimable, _stale(stale_before))
-    result: Any = session.execute(
-        update(Job).where(Job.id == job_id, claimable).values(state=JobState.QUEUED, queued_at=now)
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), claimable)
+        .values(state=JobState.QUEUED, queued_at=utcnow())
+        .returning(Job.id)
     )
-    return bool(result.rowcount == 1)
+    return sorted(int(job_id) for job_id in rows.scalars())
 
 
-def release_claim(session: Session, job_id: int) -> None:
-    """Undo ``claim_for_queue`` when publishing failed, so a later sweep queues the job."""
+def release_claim(session: Session, job_ids: list[int]) -> None:
+    """Undo ``claim_for_queue`` when publishing failed, so a later sweep queues the jobs."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.QUEUED)
+        .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED)
         .values(state=JobState.RECEIVED, queued_at=None)
     )
 

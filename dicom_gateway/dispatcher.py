@@ -24,6 +24,9 @@ from db.session import session_scope
 
 LOGGER = logging.getLogger(__name__)
 
+BATCH = 100
+"""Most jobs claimed in one transaction."""
+
 Publish = Callable[[int], None]
 """Publishes one job id to the broker; raises when the broker cannot take it."""
 
@@ -60,55 +63,71 @@ class Dispatcher:
     def _run(self) -> None:
         next_sweep = time.monotonic()
         while True:
-            try:
-                job_id = self._pending.get(timeout=max(0.0, next_sweep - time.monotonic()))
-            except queue.Empty:
-                job_id = 0
-            if job_id is None:
+            batch = self._next_batch(timeout=max(0.0, next_sweep - time.monotonic()))
+            if batch is None:
                 return
-            if job_id and not self._broker_down:
-                self.publish(job_id)
+            if batch and not self._broker_down:
+                self.publish(batch)
             if time.monotonic() >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic() + self._sweep_interval
 
-    def publish(self, job_id: int, stale: bool = False) -> bool:
-        """Claim and publish one job; returns whether it was published by this call."""
+    def _next_batch(self, timeout: float) -> list[int] | None:
+        """Job ids waiting now (at most ``BATCH``), after waiting up to ``timeout`` for the first;
+        None when asked to stop."""
+        try:
+            first = self._pending.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < BATCH:
+            try:
+                batch.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        if None in batch:
+            return None
+        return [job_id for job_id in batch if job_id is not None]
+
+    def publish(self, job_ids: list[int], stale: bool = False) -> int:
+        """Claim the jobs in one transaction, then publish them; returns how many were published.
+
+        Jobs claimed but not published (the broker went away) are released for the sweep.
+        """
         stale_before = utcnow() - self._stale_after if stale else None
         try:
             with session_scope(self._sessions) as session:
-                if not claim_for_queue(session, job_id, stale_before):
-                    return False
+                claimed = claim_for_queue(session, job_ids, stale_before)
         except Exception:
-            LOGGER.exception("cannot claim job %s; the sweep will retry", job_id)
-            return False
-        try:
-            self._publish(job_id)
-        except Exception as exc:
-            if not self._broker_down:
-                LOGGER.warning("broker unavailable (%s); jobs wait for the sweep", exc)
-            self._broker_down = True
-            with session_scope(self._sessions) as session:
-                release_claim(session, job_id)
-            return False
-        if self._broker_down:
+            LOGGER.exception("cannot claim jobs %s; the sweep will retry", job_ids)
+            return 0
+        for index, job_id in enumerate(claimed):
+            try:
+                self._publish(job_id)
+            except Exception as exc:
+                if not self._broker_down:
+                    LOGGER.warning("broker unavailable (%s); jobs wait for the sweep", exc)
+                self._broker_down = True
+                with session_scope(self._sessions) as session:
+                    release_claim(session, claimed[index:])
+                return index
+        if self._broker_down and claimed:
             LOGGER.info("broker available again")
-        self._broker_down = False
-        return True
+            self._broker_down = False
+        return len(claimed)
 
     def sweep(self) -> int:
         """Publish every job the broker has not got; returns how many were published."""
-        published = 0
         try:
             with session_scope(self._sessions) as session:
                 job_ids = jobs_to_queue(session, stale_before=utcnow() - self._stale_after)
         except Exception:
             LOGGER.exception("sweep cannot read pending jobs")
             return 0
-        for job_id in job_ids:
-            if self.publish(job_id, stale=True):
-                published += 1
-            elif self._broker_down:
+        published = 0
+        for start in range(0, len(job_ids), BATCH):
+            published += self.publish(job_ids[start : start + BATCH], stale=True)
+            if self._broker_down:
                 break
         if published:
             LOGGER.info("sweep queued %d pending jobs", published)

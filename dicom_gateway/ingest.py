@@ -5,8 +5,9 @@ reasoned about on its own. The order is what makes a success response honest:
 
 1. refuse when free disk is below the reserve (0xA700);
 2. parse and check the header (0xA900 / 0xC000 on bad data, see ``validation``);
-3. fsync the received file and hash its data set;
-4. in one transaction: acknowledge an identical copy without a new row, or insert the instance
+3. fsync the received file;
+4. in one transaction: acknowledge an identical copy (compared byte for byte with the stored
+   versions of its SOP Instance UID) without a new row, or insert the instance
    (a new version if the SOP Instance UID was stored with other bytes), its study and its job,
    rename the file into the spool, commit;
 5. after the commit, hand the job id to the dispatcher when the selection rules want it.
@@ -33,6 +34,8 @@ from dicom_gateway.validation import ReceivedHeader, Refused, inspect_received
 
 LOGGER = logging.getLogger(__name__)
 VERSION_RACE_RETRIES = 3
+VERSION_LOCK_STRIPES = 64
+"""Objects with different SOP Instance UIDs are recorded concurrently; the same UID in turn."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Ingest:
         self._sessions = sessions
         self._rules = rules
         self._submit_job = submit_job
-        self._version_lock = threading.Lock()
+        self._version_locks = [threading.Lock() for _ in range(VERSION_LOCK_STRIPES)]
 
     def has_room(self) -> bool:
         return spool.has_room(self.spool_dir, self.disk_reserve_bytes)
@@ -88,8 +91,7 @@ class Ingest:
                 raise Refused(OUT_OF_RESOURCES, "free disk space below the configured reserve")
             header = inspect_received(received, sop_class_uid, sop_instance_uid)
             spool.fsync_file(received)
-            digest = spool.sha256_of(received, header.dataset_offset)
-            result = self._record(received, header, digest, association_id)
+            result = self._record(received, header, association_id)
         except Refused as refusal:
             LOGGER.info("refused %s: 0x%04X %s", sop_instance_uid, refusal.status, refusal.comment)
             return StoreResult(refusal.status, refusal.comment)
@@ -101,14 +103,18 @@ class Ingest:
         return result
 
     def _record(
-        self, received: Path, header: ReceivedHeader, digest: str, association_id: int | None
+        self, received: Path, header: ReceivedHeader, association_id: int | None
     ) -> StoreResult:
         reason = skip_reason(header, self._rules)
+        lock = self._version_locks[hash(header.sop_instance_uid) % VERSION_LOCK_STRIPES]
         for attempt in range(VERSION_RACE_RETRIES):
             try:
-                with self._version_lock, session_scope(self._sessions) as session:
+                with lock, session_scope(self._sessions) as session:
                     versions = stored_versions(session, header.sop_instance_uid)
-                    if any(sha256 == digest for _, sha256 in versions):
+                    if any(
+                        spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
+                        for _, path in versions
+                    ):
                         LOGGER.info("identical copy of %s acknowledged", header.sop_instance_uid)
                         return StoreResult(SUCCESS, duplicate=True)
                     version = max((v for v, _ in versions), default=0) + 1
@@ -129,7 +135,6 @@ class Ingest:
                             version=version,
                             path=relative.as_posix(),
                             size_bytes=received.stat().st_size,
-                            sha256=digest,
                             modality=header.modality,
                             body_part_examined=header.body_part_examined,
                             view_position=header.view_position,

@@ -176,7 +176,7 @@ class _ElementWalker:
                 self._skip(length)
 
 
-def _dataset_start(fp: BinaryIO) -> int:
+def dataset_offset(fp: BinaryIO) -> int:
     """Offset of the data set: after the File Meta Information (PS3.10 7.1)."""
     fp.seek(FILE_META_START)
     header = fp.read(12)
@@ -222,7 +222,7 @@ def inspect_received(path: Path, sop_class_uid: str, sop_instance_uid: str) -> R
             AttributeError,
         ) as exc:
             raise Refused(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
-        start = _dataset_start(fp)
+        start = dataset_offset(fp)
         if transfer_syntax.is_deflated:
             # The walk needs the inflated stream; pydicom inflates the whole object instead.
             fp.seek(0)

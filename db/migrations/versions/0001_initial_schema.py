@@ -67,7 +67,6 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("path", sa.String(length=512), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("modality", sa.String(length=16), nullable=True),
         sa.Column("body_part_examined", sa.String(length=16), nullable=True),
         sa.Column("view_position", sa.String(length=16), nullable=True),

@@ -120,8 +120,8 @@ def _upsert_study(session: Session, study_instance_uid: str, now: datetime) -> i
 def add_instance(session: Session, new: NewInstance) -> tuple[int, int]:
     """Insert the instance, its study if new, and its job; returns (instance id, job id).
 
-    The job starts ``received`` when the instance is to be queued, ``skipped`` (with the reason)
-    otherwise. Raises IntegrityError when another process stored the same version first. Plain
+    The job starts ``queued``, already claimed for the caller to publish after the commit, when
+    the instance is to be queued; ``skipped`` (with the reason) otherwise. Raises IntegrityError when another process stored the same version first. Plain
     INSERT statements, not the ORM unit of work: this runs once per received object.
     """
     now = utcnow()
@@ -149,9 +149,10 @@ def add_instance(session: Session, new: NewInstance) -> tuple[int, int]:
         insert(Job)
         .values(
             instance_id=instance_id,
-            state=JobState.SKIPPED if skipped else JobState.RECEIVED,
+            state=JobState.SKIPPED if skipped else JobState.QUEUED,
             reason=new.skip_reason,
             received_at=now,
+            queued_at=None if skipped else now,
             skipped_at=now if skipped else None,
         )
         .returning(Job.id)

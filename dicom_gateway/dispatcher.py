@@ -1,10 +1,11 @@
 """Queue after commit: publish committed jobs to Celery, and sweep up what the broker missed.
 
-The C-STORE handler commits the instance and its job, hands the job id to the dispatcher and
-answers the sender; publishing never delays the response. Each publish first claims the job with a
-conditional update (``received`` -> ``queued``), so a job is published once even when several
-gateway processes sweep at the same time. When the broker is down the claim is released and the job
-stays ``received``; the periodic sweep publishes it when the broker is back.
+The C-STORE handler commits the instance and its job, already claimed (``queued``), hands the job
+id to the dispatcher and answers the sender; publishing never delays the response. When the broker
+is down the claim is released (the job goes back to ``received``) and the periodic sweep publishes
+it when the broker is back. The sweep claims jobs with a conditional update (``received`` ->
+``queued``) before publishing them, so a job is published once even when several gateway processes
+sweep at the same time.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Dispatcher:
         self._thread.join(timeout=10)
 
     def submit(self, job_id: int) -> None:
-        """Queue ``job_id`` for publishing; call only after the job's row is committed."""
+        """Publish ``job_id``, claimed and committed by the caller."""
         self._pending.put(job_id)
 
     def _run(self) -> None:
@@ -66,8 +67,11 @@ class Dispatcher:
             batch = self._next_batch(timeout=max(0.0, next_sweep - time.monotonic()))
             if batch is None:
                 return
-            if batch and not self._broker_down:
-                self.publish(batch)
+            if batch:
+                if self._broker_down:
+                    self._release(batch)
+                else:
+                    self._publish_claimed(batch)
             if time.monotonic() >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic() + self._sweep_interval
@@ -90,10 +94,7 @@ class Dispatcher:
         return [job_id for job_id in batch if job_id is not None]
 
     def publish(self, job_ids: list[int], stale: bool = False) -> int:
-        """Claim the jobs in one transaction, then publish them; returns how many were published.
-
-        Jobs claimed but not published (the broker went away) are released for the sweep.
-        """
+        """Claim the jobs in one transaction, then publish them; returns how many were published."""
         stale_before = utcnow() - self._stale_after if stale else None
         try:
             with session_scope(self._sessions) as session:
@@ -101,20 +102,30 @@ class Dispatcher:
         except Exception:
             LOGGER.exception("cannot claim jobs %s; the sweep will retry", job_ids)
             return 0
-        for index, job_id in enumerate(claimed):
+        return self._publish_claimed(claimed)
+
+    def _publish_claimed(self, job_ids: list[int]) -> int:
+        """Publish claimed jobs; those the broker did not take are released for the sweep."""
+        for index, job_id in enumerate(job_ids):
             try:
                 self._publish(job_id)
             except Exception as exc:
                 if not self._broker_down:
                     LOGGER.warning("broker unavailable (%s); jobs wait for the sweep", exc)
                 self._broker_down = True
-                with session_scope(self._sessions) as session:
-                    release_claim(session, claimed[index:])
+                self._release(job_ids[index:])
                 return index
-        if self._broker_down and claimed:
+        if self._broker_down and job_ids:
             LOGGER.info("broker available again")
             self._broker_down = False
-        return len(claimed)
+        return len(job_ids)
+
+    def _release(self, job_ids: list[int]) -> None:
+        try:
+            with session_scope(self._sessions) as session:
+                release_claim(session, job_ids)
+        except Exception:
+            LOGGER.exception("cannot release jobs %s; they are queued again once stale", job_ids)
 
     def sweep(self) -> int:
         """Publish every job the broker has not got; returns how many were published."""

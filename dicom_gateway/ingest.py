@@ -5,37 +5,32 @@ reasoned about on its own. The order is what makes a success response honest:
 
 1. refuse when free disk is below the reserve (0xA700);
 2. parse and check the header (0xA900 / 0xC000 on bad data, see ``validation``);
-3. fsync the received file;
-4. in one transaction: acknowledge an identical copy (compared byte for byte with the stored
-   versions of its SOP Instance UID) without a new row, or insert the instance
-   (a new version if the SOP Instance UID was stored with other bytes), its study and its job,
-   rename the file into the spool, commit;
+3. acknowledge an identical copy (compared byte for byte with the stored versions of its SOP
+   Instance UID) without a new row; otherwise assign the next version (1 when new);
+4. rename the file into the spool, then flush the file system and commit the instance, its study
+   and its job (``group_commit``: shared with whatever other associations have waiting);
 5. after the commit, hand the job id to the dispatcher when the selection rules want it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import SelectionRules
-from db.repository import NewInstance, add_instance, stored_versions
+from db.repository import NewInstance, stored_versions
 from db.session import session_scope
 from dicom_gateway import spool
+from dicom_gateway.group_commit import GroupCommit
 from dicom_gateway.selection import skip_reason
 from dicom_gateway.statuses import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicom_gateway.validation import ReceivedHeader, Refused, inspect_received
 
 LOGGER = logging.getLogger(__name__)
-VERSION_RACE_RETRIES = 3
-VERSION_LOCK_STRIPES = 64
-"""Objects with different SOP Instance UIDs are recorded concurrently; the same UID in turn."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +64,11 @@ class Ingest:
         self._sessions = sessions
         self._rules = rules
         self._submit_job = submit_job
-        self._version_locks = [threading.Lock() for _ in range(VERSION_LOCK_STRIPES)]
+        self._uid_locks = spool.StripedLock(spool_dir / ".locks")
+        self._group_commit = GroupCommit(spool_dir, sessions)
+
+    def stop(self) -> None:
+        self._group_commit.stop()
 
     def has_room(self) -> bool:
         return spool.has_room(self.spool_dir, self.disk_reserve_bytes)
@@ -90,7 +89,6 @@ class Ingest:
             if not self.has_room():
                 raise Refused(OUT_OF_RESOURCES, "free disk space below the configured reserve")
             header = inspect_received(received, sop_class_uid, sop_instance_uid)
-            spool.fsync_file(received)
             result = self._record(received, header, association_id)
         except Refused as refusal:
             LOGGER.info("refused %s: 0x%04X %s", sop_instance_uid, refusal.status, refusal.comment)
@@ -105,52 +103,48 @@ class Ingest:
     def _record(
         self, received: Path, header: ReceivedHeader, association_id: int | None
     ) -> StoreResult:
+        """Assign a version, move the file into the spool, make it durable and commit its rows.
+
+        The version is assigned under a lock on the SOP Instance UID shared by every gateway
+        process, so two senders of the same UID cannot take the same version or path. A crash
+        between the move and the commit leaves an unacknowledged file that a resend overwrites.
+        """
         reason = skip_reason(header, self._rules)
-        lock = self._version_locks[hash(header.sop_instance_uid) % VERSION_LOCK_STRIPES]
-        for attempt in range(VERSION_RACE_RETRIES):
-            try:
-                with lock, session_scope(self._sessions) as session:
-                    versions = stored_versions(session, header.sop_instance_uid)
-                    if any(
-                        spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
-                        for _, path in versions
-                    ):
-                        LOGGER.info("identical copy of %s acknowledged", header.sop_instance_uid)
-                        return StoreResult(SUCCESS, duplicate=True)
-                    version = max((v for v, _ in versions), default=0) + 1
-                    relative = spool.relative_path(
-                        header.study_instance_uid,
-                        header.series_instance_uid,
-                        header.sop_instance_uid,
-                        version,
-                    )
-                    instance_id, job_id = add_instance(
-                        session,
-                        NewInstance(
-                            study_instance_uid=header.study_instance_uid,
-                            series_instance_uid=header.series_instance_uid,
-                            sop_instance_uid=header.sop_instance_uid,
-                            sop_class_uid=header.sop_class_uid,
-                            transfer_syntax_uid=header.transfer_syntax_uid,
-                            version=version,
-                            path=relative.as_posix(),
-                            size_bytes=received.stat().st_size,
-                            modality=header.modality,
-                            body_part_examined=header.body_part_examined,
-                            view_position=header.view_position,
-                            association_id=association_id,
-                            skip_reason=reason,
-                        ),
-                    )
-                    spool.move_into_spool(received, self.spool_dir, relative)
-            except IntegrityError:
-                LOGGER.info("version race on %s (attempt %d)", header.sop_instance_uid, attempt + 1)
-                continue
-            if version > 1:
-                LOGGER.info("%s stored as version %d", header.sop_instance_uid, version)
-            return StoreResult(
-                SUCCESS,
-                instance_id=instance_id,
-                job_id=None if reason else job_id,
+        with self._uid_locks.hold(header.sop_instance_uid):
+            with session_scope(self._sessions) as session:
+                versions = stored_versions(session, header.sop_instance_uid)
+            if any(
+                spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
+                for _, path in versions
+            ):
+                LOGGER.info("identical copy of %s acknowledged", header.sop_instance_uid)
+                return StoreResult(SUCCESS, duplicate=True)
+            version = max((v for v, _ in versions), default=0) + 1
+            relative = spool.relative_path(
+                header.study_instance_uid,
+                header.series_instance_uid,
+                header.sop_instance_uid,
+                version,
             )
-        raise RuntimeError(f"could not assign a version to {header.sop_instance_uid}")
+            size = received.stat().st_size
+            spool.move_into_spool(received, self.spool_dir, relative)
+            instance_id, job_id = self._group_commit.record(
+                NewInstance(
+                    study_instance_uid=header.study_instance_uid,
+                    series_instance_uid=header.series_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    sop_class_uid=header.sop_class_uid,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    version=version,
+                    path=relative.as_posix(),
+                    size_bytes=size,
+                    modality=header.modality,
+                    body_part_examined=header.body_part_examined,
+                    view_position=header.view_position,
+                    association_id=association_id,
+                    skip_reason=reason,
+                )
+            )
+        if version > 1:
+            LOGGER.info("%s stored as version %d", header.sop_instance_uid, version)
+        return StoreResult(SUCCESS, instance_id=instance_id, job_id=None if reason else job_id)

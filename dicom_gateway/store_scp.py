@@ -319,6 +319,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.ae.shutdown()
+        self.ingest.stop()
         self.dispatcher.stop()
         self.engine.dispose()
 

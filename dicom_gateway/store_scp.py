@@ -25,13 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import (
-    ALL_TRANSFER_SYNTAXES,
-    AE,
-    AllStoragePresentationContexts,
-    _config,
-    evt,
-)
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -216,10 +210,15 @@ class ReusePortServer(ThreadedAssociationServer):
 
 
 def build_ae(settings: Settings) -> AE:
-    """Our AE: every storage SOP class in every transfer syntax, plus Verification."""
+    """Our AE: Verification, and every storage SOP class in any transfer syntax.
+
+    pynetdicom's unrestricted storage service accepts every proposed storage, private or unknown
+    SOP class with the first transfer syntax proposed for it, and negotiates the other
+    (non-storage) SOP classes against the supported contexts as usual: only Verification. It also
+    spares each association a deep copy of 170 x 47 supported contexts.
+    """
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=settings.ae_title)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.maximum_associations = settings.max_associations
     ae.acse_timeout = settings.acse_timeout

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -41,7 +41,7 @@ from tests.node import echo  # noqa: E402
 from tests.servers import free_port, port_open, wait_until  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 
 BARE_PYNETDICOM = """
 import os, sys
@@ -100,8 +100,10 @@ def make_dx(path: Path, side: int, bits: int, seed: int) -> None:
 def file_sets(cache: Path) -> list[FileSet]:
     """The two sets, generated once into ``cache``."""
     sets = []
-    for name, count, side, bits in (("1024x1024 8-bit", 200, 1024, 8),
-                                    ("2000x2000 16-bit", 100, 2000, 16)):
+    for name, count, side, bits in (
+        ("1024x1024 8-bit", 200, 1024, 8),
+        ("2000x2000 16-bit", 100, 2000, 16),
+    ):
         directory = cache / f"{side}_{bits}"
         if len(list(directory.glob("*.dcm"))) != count:
             shutil.rmtree(directory, ignore_errors=True)
@@ -119,9 +121,19 @@ def send(port: int, files: list[Path], senders: int) -> float:
     started = time.perf_counter()
     processes = [
         subprocess.Popen(
-            ["storescu", "-aet", f"BENCH{index}", "-aec", "CXR_TRIAGE", "127.0.0.1", str(port),
-             *map(str, share)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "storescu",
+                "-aet",
+                f"BENCH{index}",
+                "-aec",
+                "CXR_TRIAGE",
+                "127.0.0.1",
+                str(port),
+                *map(str, share),
+            ],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for index, share in enumerate(shares)
         if share
@@ -141,8 +153,12 @@ Receiver = Callable[[Path, int], AbstractContextManager[Callable[[], int]]]
 def storescp(work: Path, port: int) -> Iterator[Callable[[], int]]:
     out = work / "storescp"
     out.mkdir()
-    process = subprocess.Popen(["storescp", "-od", str(out), str(port)], env=DCMTK_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ["storescp", "-od", str(out), str(port)],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: port_open(port), 10, "storescp")
         yield lambda: len(list(out.iterdir()))
@@ -155,8 +171,11 @@ def storescp(work: Path, port: int) -> Iterator[Callable[[], int]]:
 def bare_pynetdicom(work: Path, port: int) -> Iterator[Callable[[], int]]:
     out = work / "bare"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", BARE_PYNETDICOM, str(port), str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", BARE_PYNETDICOM, str(port), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: echo(port, called="BARE") == 0, 30, "bare pynetdicom listener")
         yield lambda: len(list(out.iterdir()))
@@ -183,10 +202,16 @@ def gateway_factory(args: argparse.Namespace) -> Receiver:
         if args.redis_url:
             env["CXR_BROKER_URL"] = args.redis_url
         cli = [sys.executable, "-m", "core.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, cwd=REPO_ROOT, check=True,
-                       capture_output=True)
-        process = subprocess.Popen([*cli, "gateway"], env=env, cwd=REPO_ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*cli, "db", "upgrade"], env=env, cwd=REPO_ROOT, check=True, capture_output=True
+        )
+        process = subprocess.Popen(
+            [*cli, "gateway"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         from sqlalchemy import create_engine, text
 
         engine = create_engine(args.database_url or f"sqlite:///{home / 'cxr-triage.db'}")
@@ -225,7 +250,9 @@ def main() -> None:
     parser.add_argument("--gateway-processes", type=int, default=1)
     parser.add_argument("--redis-url", help="broker for the gateway (default: embedded)")
     parser.add_argument("--database-url", help="database for the gateway (default: SQLite)")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench-files")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench-files"
+    )
     args = parser.parse_args()
 
     receivers: dict[str, Receiver] = {
@@ -233,10 +260,12 @@ def main() -> None:
         "pynetdicom": bare_pynetdicom,
         "cxr-triage": gateway_factory(args),
     }
-    print(f"senders={args.senders} repeats={args.repeats} "
-          f"gateway_processes={args.gateway_processes} "
-          f"database={'PostgreSQL' if args.database_url else 'SQLite'} "
-          f"broker={'Redis' if args.redis_url else 'embedded'}")
+    print(
+        f"senders={args.senders} repeats={args.repeats} "
+        f"gateway_processes={args.gateway_processes} "
+        f"database={'PostgreSQL' if args.database_url else 'SQLite'} "
+        f"broker={'Redis' if args.redis_url else 'embedded'}"
+    )
     for files in file_sets(args.cache):
         rates: dict[str, list[float]] = {name: [] for name in receivers}
         for _ in range(args.repeats):
@@ -247,8 +276,10 @@ def main() -> None:
         print(f"{'receiver':<12} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}   runs (inst/s)")
         for name, values in rates.items():
             median = statistics.median(values)
-            print(f"{name:<12} {median:8.1f} {median * files.megabytes / files.count:8.1f} "
-                  f"{median / reference:6.2f}   {', '.join(f'{v:.0f}' for v in values)}")
+            print(
+                f"{name:<12} {median:8.1f} {median * files.megabytes / files.count:8.1f} "
+                f"{median / reference:6.2f}   {', '.join(f'{v:.0f}' for v in values)}"
+            )
 
 
 if __name__ == "__main__":

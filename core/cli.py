@@ -94,12 +94,13 @@ def send(paths: tuple[Path, ...], host: str, port: int, called_aet: str, calling
             bar.update(1)
             if not result.ok:
                 status = "none" if result.status is None else f"0x{result.status:04X}"
-                bar.write(f"FAILED {result.path}: status {status} {result.error or ''}".rstrip(), sys.stderr)
+                bar.write(
+                    f"FAILED {result.path}: status {status} {result.error or ''}".rstrip(),
+                    sys.stderr,
+                )
 
         results = send_files(files, host, port, called_aet, calling_aet, on_result=progress)
-    summary = Counter(
-        "not sent" if r.status is None else f"0x{r.status:04X}" for r in results
-    )
+    summary = Counter("not sent" if r.status is None else f"0x{r.status:04X}" for r in results)
     for status, count in sorted(summary.items()):
         click.echo(f"{status}: {count}")
     failed = sum(not r.ok for r in results)
@@ -117,9 +118,7 @@ def run(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     roles = ["gateway", "worker"]
-    children = {
-        role: subprocess.Popen([sys.executable, "-m", "core.cli", role]) for role in roles
-    }
+    children = {role: subprocess.Popen([sys.executable, "-m", "core.cli", role]) for role in roles}
     stopping = False
 
     def stop(*_: object) -> None:

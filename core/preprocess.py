@@ -57,14 +57,16 @@ def apply_window(
         mapped = (x - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
     else:
         raise UnsupportedImage(f"unknown VOILUTFunction {function!r}")
-    return np.clip(mapped, 0.0, 1.0).astype(np.float32)
+    clipped: FloatImage = np.clip(mapped, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def _scale_to_unit(values: NDArray[np.floating[Any]], low: float, high: float) -> FloatImage:
     span = high - low
     if span <= 0:
         return np.zeros(values.shape, dtype=np.float32)
-    return np.clip((values - low) / span, 0.0, 1.0).astype(np.float32)
+    scaled: FloatImage = np.clip((values - low) / span, 0.0, 1.0).astype(np.float32)
+    return scaled
 
 
 def display_from_dicom(ds: Any, pixels: NDArray[Any] | None = None) -> FloatImage:
@@ -80,11 +82,13 @@ def display_from_dicom(ds: Any, pixels: NDArray[Any] | None = None) -> FloatImag
       99.5th percentile, which is how viewers choose a default window.
     - MONOCHROME1 (minimum value shown white) is inverted so 0 is always black.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
-        raise UnsupportedImage(f"PhotometricInterpretation {photometric or 'absent'} is not grayscale")
+        raise UnsupportedImage(
+            f"PhotometricInterpretation {photometric or 'absent'} is not grayscale"
+        )
     raw = ds.pixel_array if pixels is None else pixels
     if raw.ndim == 3:
         raw = raw[0]  # first frame of a multi-frame image

@@ -13,7 +13,9 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "training" / "model" / "cxr_pneumonia.keras"
+BUNDLED_MODEL = (
+    Path(__file__).resolve().parent.parent / "training" / "model" / "cxr_pneumonia.keras"
+)
 
 
 class Settings(BaseSettings):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -42,7 +42,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
 
 
 class AssociationOutcome(enum.StrEnum):
@@ -62,8 +65,13 @@ class JobState(enum.StrEnum):
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:
-    return Enum(cls, values_callable=lambda members: [m.value for m in members], native_enum=False,
-                length=16, validate_strings=True)
+    return Enum(
+        cls,
+        values_callable=lambda members: [m.value for m in members],
+        native_enum=False,
+        length=16,
+        validate_strings=True,
+    )
 
 
 class Association(Base):

@@ -121,8 +121,8 @@ def add_instance(session: Session, new: NewInstance) -> tuple[int, int]:
     """Insert the instance, its study if new, and its job; returns (instance id, job id).
 
     The job starts ``queued``, already claimed for the caller to publish after the commit, when
-    the instance is to be queued; ``skipped`` (with the reason) otherwise. Raises IntegrityError when another process stored the same version first. Plain
-    INSERT statements, not the ORM unit of work: this runs once per received object.
+    the instance is to be queued; ``skipped`` (with the reason) otherwise. Plain INSERT
+    statements, not the ORM unit of work: this runs once per received object.
     """
     now = utcnow()
     instance_id = session.execute(

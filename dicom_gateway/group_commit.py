@@ -81,8 +81,9 @@ class GroupCommit:
                 ids = [add_instance(session, pending.new) for pending in batch]
         except Exception as exc:
             if len(batch) > 1:
-                LOGGER.warning("group commit of %d failed (%s); committing one by one",
-                               len(batch), exc)
+                LOGGER.warning(
+                    "group commit of %d failed (%s); committing one by one", len(batch), exc
+                )
                 for pending in batch:
                     self._commit([pending])
             else:

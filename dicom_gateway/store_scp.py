@@ -26,7 +26,6 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from core.config import load_config
@@ -45,6 +44,9 @@ REJECT_TRANSIENT = 0x02
 REJECT_SOURCE_PRESENTATION = 0x03
 REJECT_LOCAL_LIMIT_EXCEEDED = 0x02
 """A-ASSOCIATE-RJ result, source and reason for "temporarily out of room" (PS3.8 9.3.4)."""
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+"""Verification SOP Class (PS3.4 A.4): C-ECHO."""
 
 ACSE_REJECT_REASONS = {
     (0x01, 0x01, 0x03): "calling AE title not recognised",
@@ -205,6 +207,7 @@ class ReusePortServer(ThreadedAssociationServer):
     """An association server whose port other gateway processes can bind too."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -219,7 +222,7 @@ def build_ae(settings: Settings) -> AE:
     """
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=settings.ae_title)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
     ae.maximum_associations = settings.max_associations
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout

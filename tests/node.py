@@ -16,13 +16,13 @@ from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from db.migrate import upgrade
 from db.models import Job
 from db.session import make_engine
+from dicom_gateway.store_scp import VERIFICATION_SOP_CLASS
 from tests.servers import NodeProcess, free_port, running, wait_until
 
 DCMTK_ENV = {"TCP_NODELAY": "1"}
@@ -32,7 +32,7 @@ DCMTK_ENV = {"TCP_NODELAY": "1"}
 def echo(port: int, calling_ae_title: str = "ECHOSCU", called: str = "CXR_TRIAGE") -> int | None:
     """C-ECHO with pynetdicom; returns the status, or None when no association."""
     ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.network_timeout = 5
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
@@ -64,7 +64,10 @@ to convert to) an uncompressed one."""
 
 
 def storescu(
-    port: int, *paths: Path, calling: str = "STORESCU", called: str = "CXR_TRIAGE",
+    port: int,
+    *paths: Path,
+    calling: str = "STORESCU",
+    called: str = "CXR_TRIAGE",
     extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """DCMTK ``storescu``: one association per transfer syntax, each proposing that syntax.
@@ -77,8 +80,20 @@ def storescu(
         groups.setdefault(syntax, []).append(path)
     runs = [
         subprocess.run(
-            ["storescu", "-R", "-nh", *STORESCU_PROPOSAL[syntax], "-aet", calling, "-aec", called,
-             *extra, "127.0.0.1", str(port), *map(str, files)],
+            [
+                "storescu",
+                "-R",
+                "-nh",
+                *STORESCU_PROPOSAL[syntax],
+                "-aet",
+                calling,
+                "-aec",
+                called,
+                *extra,
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
             env={**os.environ, **DCMTK_ENV},
             capture_output=True,
             text=True,

@@ -34,7 +34,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,7 +53,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _require_binary(name: str, package: str) -> str:
-    path = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    path = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
+    )
     if path is None:
         pytest.skip(f"{name} not installed (Debian package {package})")
     return path
@@ -73,8 +77,19 @@ class RedisServer:
     def start(self) -> None:
         binary = _require_binary("redis-server", "redis-server")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -115,7 +130,13 @@ class PostgresServer:
             os.chown(self.directory, owner.pw_uid, owner.pw_gid)
         self._run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         self._run(
-            pg_ctl, "-D", str(data), "-l", str(self.directory / "log"), "-w", "-o",
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "-o",
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on",
             "start",
         )
@@ -123,8 +144,15 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.started:
-            self._run(_require_binary("pg_ctl", "postgresql"), "-D", str(self.directory / "data"),
-                      "-m", "fast", "-w", "stop")
+            self._run(
+                _require_binary("pg_ctl", "postgresql"),
+                "-D",
+                str(self.directory / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            )
             self.started = False
 
     @property

@@ -18,7 +18,10 @@ from tests.servers import REPO_ROOT, wait_until
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "core.cli", *args],
-        cwd=REPO_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -40,7 +43,9 @@ def test_send_prints_a_status_per_file_and_a_summary(
 def test_send_to_a_closed_port_fails_every_file(labelled_dicom_dir: Path) -> None:
     from tests.servers import free_port
 
-    result = cli("send", str(labelled_dicom_dir / "000_A_DX_normal.dcm"), "--port", str(free_port()))
+    result = cli(
+        "send", str(labelled_dicom_dir / "000_A_DX_normal.dcm"), "--port", str(free_port())
+    )
     assert result.returncode == 1
     assert "0 of 1 stored" in result.stdout
 
@@ -48,16 +53,26 @@ def test_send_to_a_closed_port_fails_every_file(labelled_dicom_dir: Path) -> Non
 def test_run_starts_the_whole_node_on_the_embedded_default(
     tmp_path: Path, labelled_dicom_dir: Path
 ) -> None:
-    node = Node(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'home' / 'cxr-triage.db'}")
+    node = Node(
+        home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'home' / 'cxr-triage.db'}"
+    )
     env = {key: value for key, value in node.env().items() if key != "CXR_DATABASE_URL"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run"], cwd=REPO_ROOT, env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "core.cli", "run"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_until(lambda: echo(node.dicom_port) == 0, 60, "the node's gateway")
-        sent = cli("send", *map(str, sorted(labelled_dicom_dir.glob("00*.dcm"))),
-                   "--port", str(node.dicom_port))
+        sent = cli(
+            "send",
+            *map(str, sorted(labelled_dicom_dir.glob("00*.dcm"))),
+            "--port",
+            str(node.dicom_port),
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr
         jobs = node.wait_for_jobs(10, {"done"}, timeout=120)
         assert all(job.outcome and job.outcome["shape"][2] == 1 for job in jobs)

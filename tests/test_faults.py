@@ -1,4 +1,4 @@
-"""Faults on real servers: the broker stopped during ingest, a worker killed in the middle of a task."""
+"""Faults on real servers: the broker stopped during ingest, a worker killed mid-task."""
 
 from __future__ import annotations
 

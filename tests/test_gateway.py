@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from db.models import Association, Instance, Job, Study
 from dicom_gateway.statuses import (
@@ -81,7 +80,9 @@ def pydicom_samples() -> list[Path]:
 def test_every_transfer_syntax_is_stored_byte_identical(
     embedded_node: Node, dicom_samples_dir: Path, labelled_dicom_dir: Path
 ) -> None:
-    files = [p for p in sorted(dicom_samples_dir.glob("*.dcm")) if p.read_bytes()[128:132] == b"DICM"]
+    files = [
+        p for p in sorted(dicom_samples_dir.glob("*.dcm")) if p.read_bytes()[128:132] == b"DICM"
+    ]
     files += sorted(labelled_dicom_dir.glob("00[0-3]_*.dcm")) + pydicom_samples()
     syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files}
     assert len(syntaxes) >= 11, sorted(UID(s).name for s in syntaxes)
@@ -108,9 +109,19 @@ def test_dcmtk_storescu_and_echoscu(embedded_node: Node, labelled_dicom_dir: Pat
     files = sorted(labelled_dicom_dir.glob("*.dcm"))
     with embedded_node.gateway():
         echoed = subprocess.run(
-            ["echoscu", "-aet", "ECHOSCU", "-aec", "CXR_TRIAGE", "127.0.0.1",
-             str(embedded_node.dicom_port)],
-            env={**os.environ, **DCMTK_ENV}, capture_output=True, text=True, timeout=30,
+            [
+                "echoscu",
+                "-aet",
+                "ECHOSCU",
+                "-aec",
+                "CXR_TRIAGE",
+                "127.0.0.1",
+                str(embedded_node.dicom_port),
+            ],
+            env={**os.environ, **DCMTK_ENV},
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert echoed.returncode == 0, echoed.stderr
         sent = storescu(embedded_node.dicom_port, *files)
@@ -127,7 +138,9 @@ def test_dcmtk_storescu_and_echoscu(embedded_node: Node, labelled_dicom_dir: Pat
     # Paths follow <Study>/<Series>/<SOP>.dcm.
     original = dcmread(files[0], stop_before_pixels=True)
     assert stored[original.SOPInstanceUID] == (
-        embedded_node.spool / original.StudyInstanceUID / original.SeriesInstanceUID
+        embedded_node.spool
+        / original.StudyInstanceUID
+        / original.SeriesInstanceUID
         / f"{original.SOPInstanceUID}.dcm"
     )
     audits = embedded_node.scalars(
@@ -139,7 +152,9 @@ def test_dcmtk_storescu_and_echoscu(embedded_node: Node, labelled_dicom_dir: Pat
         assert (audit.outcome, audit.instances_refused) == ("released", 0)
         assert audit.called_ae_title == "CXR_TRIAGE" and audit.peer_address == "127.0.0.1"
         assert audit.ended_at is not None and audit.ended_at >= audit.started_at
-    echo_audit = embedded_node.scalars(select(Association).where(Association.calling_ae_title == "ECHOSCU"))
+    echo_audit = embedded_node.scalars(
+        select(Association).where(Association.calling_ae_title == "ECHOSCU")
+    )
     assert [a.outcome for a in echo_audit] == ["released"]
 
 
@@ -149,17 +164,22 @@ def test_selection_queues_chest_radiographs_and_records_every_skip(
     lateral = write_unchecked(chest_dx(ViewPosition="LL"), tmp_path / "lateral.dcm")
     knee = write_unchecked(chest_dx(BodyPartExamined="KNEE"), tmp_path / "knee.dcm")
     ours = write_unchecked(chest_dx(Manufacturer="cxr-triage"), tmp_path / "ours.dcm")
-    no_view = write_unchecked(chest_dx(ViewPosition=None, BodyPartExamined=None), tmp_path / "bare.dcm")
+    no_view = write_unchecked(
+        chest_dx(ViewPosition=None, BodyPartExamined=None), tmp_path / "bare.dcm"
+    )
     mr = pydicom_samples()[2]
     with embedded_node.gateway():
         results = send_files(
             [lateral, knee, ours, no_view, mr, dicom_samples_dir / "nih_dx_chest_implicit_vr.dcm"],
-            "127.0.0.1", embedded_node.dicom_port, "CXR_TRIAGE",
+            "127.0.0.1",
+            embedded_node.dicom_port,
+            "CXR_TRIAGE",
         )
         assert all(r.status == SUCCESS for r in results), results
         wait_until(
             lambda: len(embedded_node.scalars(select(Job).where(Job.state == "queued"))) == 2,
-            20, "two jobs queued",
+            20,
+            "two jobs queued",
         )
     reasons = {
         uid: (state, reason)
@@ -167,6 +187,7 @@ def test_selection_queues_chest_radiographs_and_records_every_skip(
             select(Instance.sop_instance_uid, Job.state, Job.reason).join(Job)
         )
     }
+
     def of(path: Path) -> tuple[str, str | None]:
         return reasons[dcmread(path, stop_before_pixels=True).SOPInstanceUID]
 
@@ -193,7 +214,8 @@ def test_resent_instance_is_idempotent_and_changed_bytes_make_a_new_version(
             assert send_files([path], "127.0.0.1", port, "CXR_TRIAGE")[0].status == SUCCESS
         wait_until(
             lambda: len(embedded_node.scalars(select(Job).where(Job.state == "queued"))) == 2,
-            20, "two jobs queued",
+            20,
+            "two jobs queued",
         )
     versions = embedded_node.query(
         select(Instance.version, Instance.path)
@@ -221,7 +243,8 @@ def _bad_inputs(tmp_path: Path, good: Path) -> dict[str, tuple[Path, int, str]]:
     traversal_ds = chest_dx()
     traversal_ds.StudyInstanceUID = "1.2.3/../../../../tmp/evil"
     traversal_sop = chest_dx()
-    traversal_sop.SOPInstanceUID = traversal_sop.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    traversal_sop.SOPInstanceUID = UID("../../x")
+    traversal_sop.file_meta.MediaStorageSOPInstanceUID = UID("../../x")
     empty = chest_dx()
     for keyword in [k for k in empty.dir() if k]:
         delattr(empty, keyword)
@@ -230,26 +253,33 @@ def _bad_inputs(tmp_path: Path, good: Path) -> dict[str, tuple[Path, int, str]]:
         "truncated header": (header_cut, CANNOT_UNDERSTAND, "data set truncated"),
         "pixel data missing": (
             write_unchecked(chest_dx(PixelData=None), tmp_path / "no_pixels.dcm"),
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "Pixel Data missing",
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "Pixel Data missing",
         ),
         "pixel data short": (
             write_unchecked(chest_dx(PixelData=b"\0" * 100), tmp_path / "short.dcm"),
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "Pixel Data shorter than its image attributes",
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "Pixel Data shorter than its image attributes",
         ),
         "SOP class mismatch": (
             write_unchecked(mismatch_ds, tmp_path / "mismatch.dcm"),
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request",
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPClassUID differs from the request",
         ),
         "study UID with ../": (
             write_unchecked(traversal_ds, tmp_path / "traversal.dcm"),
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID is not a valid UID",
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "StudyInstanceUID is not a valid UID",
         ),
         "SOP instance UID with ../": (
             write_unchecked(traversal_sop, tmp_path / "traversal_sop.dcm"),
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID is not a valid UID",
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPInstanceUID is not a valid UID",
         ),
         "empty data set": (
-            write_unchecked(empty, tmp_path / "empty.dcm"), CANNOT_UNDERSTAND, "empty data set",
+            write_unchecked(empty, tmp_path / "empty.dcm"),
+            CANNOT_UNDERSTAND,
+            "empty data set",
         ),
     }
 
@@ -281,7 +311,8 @@ def test_bad_input_gets_its_status_and_loses_nothing(
     stored_files = [p for p in embedded_node.spool.glob("[0-9]*/*/*") if p.is_file()]
     assert len(stored_files) == 4 and all(p.suffix == ".dcm" for p in stored_files)
     assert {p.name for p in embedded_node.spool.iterdir() if not p.name[0].isdigit()} <= {
-        ".incoming", ".locks"
+        ".incoming",
+        ".locks",
     }
     audits = embedded_node.scalars(select(Association).order_by(Association.id))
     refusing = [a for a in audits if a.instances_refused]
@@ -311,20 +342,37 @@ def test_association_aborted_mid_transfer_leaves_no_partial_file(
         assert storescu(port, labelled_dicom_dir / "003_D_CR_normal.dcm").returncode == 0
         before = {uid: sha256(path) for uid, path in spooled(embedded_node).items()}
         sender = subprocess.Popen(
-            ["storescu", "--max-send-pdu", "4096", "-aet", "KILLED", "127.0.0.1", str(port),
-             str(large)],
-            env={**os.environ, **DCMTK_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "storescu",
+                "--max-send-pdu",
+                "4096",
+                "-aet",
+                "KILLED",
+                "127.0.0.1",
+                str(port),
+                str(large),
+            ],
+            env={**os.environ, **DCMTK_ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: sender.poll() is not None or any(incoming.iterdir()), 30,
-                   "the transfer to start")
+        wait_until(
+            lambda: sender.poll() is not None or any(incoming.iterdir()),
+            30,
+            "the transfer to start",
+        )
         sender.kill()
         sender.wait()
         wait_until(lambda: not any(incoming.iterdir()), 10, "the partial file to be removed")
         wait_until(
-            lambda: embedded_node.scalars(
-                select(Association.outcome).where(Association.calling_ae_title == "KILLED")
-            ) == ["aborted"],
-            10, "the aborted association's audit row",
+            lambda: (
+                embedded_node.scalars(
+                    select(Association.outcome).where(Association.calling_ae_title == "KILLED")
+                )
+                == ["aborted"]
+            ),
+            10,
+            "the aborted association's audit row",
         )
         assert gateway.alive() and echo(port) == SUCCESS
         assert storescu(port, labelled_dicom_dir / "007_D_CR_normal.dcm").returncode == 0
@@ -337,8 +385,9 @@ def test_association_limit_rejects_the_extra_association(embedded_node: Node) ->
     embedded_node.extra_env["CXR_MAX_ASSOCIATIONS"] = "1"
     with embedded_node.gateway(), association(embedded_node.dicom_port):
         assert echo(embedded_node.dicom_port, calling_ae_title="SECOND") is None
-    rows = embedded_node.query(select(Association.calling_ae_title, Association.outcome,
-                                      Association.detail))
+    rows = embedded_node.query(
+        select(Association.calling_ae_title, Association.outcome, Association.detail)
+    )
     assert ("SECOND", "rejected", "local limit exceeded") in rows
 
 
@@ -348,7 +397,8 @@ def small_spool(embedded_node: Node) -> Iterator[Path]:
     embedded_node.spool.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(embedded_node.spool)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs for the spool: {mounted.stderr.strip()}")
@@ -373,7 +423,9 @@ def test_disk_reserve_refuses_objects_then_associations(
         assert 4 <= len(stored) < len(images)
         assert set(refused) == {(OUT_OF_RESOURCES, "free disk space below the configured reserve")}
         # Statuses turn to refusals once and stay so: nothing after the first refusal is stored.
-        assert [s for s, _ in statuses] == [SUCCESS] * len(stored) + [OUT_OF_RESOURCES] * len(refused)
+        assert [s for s, _ in statuses] == [SUCCESS] * len(stored) + [OUT_OF_RESOURCES] * len(
+            refused
+        )
         # Something else fills the disk below the reserve: new associations are refused.
         filler = small_spool / "filler"
         filler.write_bytes(b"\0" * (8 << 20))

@@ -29,7 +29,9 @@ def test_migrations_match_the_models_and_downgrade_cleanly(database_url: str) ->
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
-    assert {"associations", "studies", "instances", "jobs"} <= set(inspect(engine).get_table_names())
+    assert {"associations", "studies", "instances", "jobs"} <= set(
+        inspect(engine).get_table_names()
+    )
 
     command.downgrade(alembic_config(database_url), "base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}

@@ -17,7 +17,9 @@ from worker.preprocess import model_input_size
 def test_received_radiographs_are_decoded_by_the_worker(
     node: Node, dicom_samples_dir: Path, labelled_dicom_dir: Path
 ) -> None:
-    files = [p for p in sorted(dicom_samples_dir.glob("*.dcm")) if p.read_bytes()[128:132] == b"DICM"]
+    files = [
+        p for p in sorted(dicom_samples_dir.glob("*.dcm")) if p.read_bytes()[128:132] == b"DICM"
+    ]
     files += sorted(labelled_dicom_dir.glob("01[2-5]_*.dcm"))  # one of each encoding A-D
     with node.gateway(), node.worker():
         sent = storescu(node.dicom_port, *files)
@@ -32,11 +34,13 @@ def test_received_radiographs_are_decoded_by_the_worker(
         assert job.outcome["shape"] == [size, size, 1]
         assert 0.1 < job.outcome["mean"] < 0.9, job.outcome
         assert job.attempts == 1
-        assert job.queued_at is not None and job.processing_at is not None
+        assert job.queued_at is not None
+        assert job.processing_at is not None
+        assert job.done_at is not None
         assert job.received_at <= job.queued_at <= job.processing_at <= job.done_at
         assert set(job.outcome["timings_ms"]) == {"read", "decode", "preprocess"}
 
-    outcomes = [job.outcome for job in jobs]
+    outcomes = [job.outcome for job in jobs if job.outcome is not None]
     # The same pixels twice (same SOP Instance UID, so two versions), one header saying
     # MONOCHROME1: the worker shows that one inverted.
     uid = dcmread(dicom_samples_dir / "siim_cr_chest_jpeg_baseline.dcm").SOPInstanceUID
@@ -48,5 +52,11 @@ def test_received_radiographs_are_decoded_by_the_worker(
     assert abs(by_photometric["MONOCHROME1"] - (1 - by_photometric["MONOCHROME2"])) < 0.01
     # Every transfer syntax of the samples was decoded.
     syntaxes = {o["transfer_syntax_uid"] for o in outcomes}
-    assert {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50",
-            "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"} <= syntaxes
+    assert {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.5",
+    } <= syntaxes

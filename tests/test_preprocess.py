@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import ImplicitVRLittleEndian
 
 from core.preprocess import (
     DATASET_GRID,
@@ -62,7 +63,7 @@ def test_every_sample_gives_a_display_image_in_range(dicom_samples_dir: Path) ->
     for path in sorted(dicom_samples_dir.glob("*.dcm")):
         ds = dcmread(path, force=True)
         if "TransferSyntaxUID" not in ds.file_meta:  # old ACR-NEMA file without meta
-            ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         display = display_from_dicom(ds)
         assert display.dtype == np.float32
         assert display.shape == ds.pixel_array.shape

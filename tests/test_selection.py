@@ -46,8 +46,11 @@ DEFAULT = SelectionRules()
             None,
         ),
         (
-            {"sop_class_uid": SECONDARY_CAPTURE_IMAGE_STORAGE, "modality": "OT",
-             "body_part_examined": None},
+            {
+                "sop_class_uid": SECONDARY_CAPTURE_IMAGE_STORAGE,
+                "modality": "OT",
+                "body_part_examined": None,
+            },
             "modality OT not selected",
         ),
     ],
@@ -58,9 +61,7 @@ def test_default_rules(changes: dict[str, object], reason: str | None) -> None:
 
 def test_rules_come_from_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "cxr.yaml"
-    config.write_text(
-        "selection:\n  modalities: [dx]\n  allow_missing_view_position: false\n"
-    )
+    config.write_text("selection:\n  modalities: [dx]\n  allow_missing_view_position: false\n")
     rules = load_config(config).selection
     assert rules.modalities == ["DX"]
     assert skip_reason(replace(CHEST_DX, modality="CR"), rules) == "modality CR not selected"

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 from sqlalchemy.engine import make_url
 
 from core.settings import Settings

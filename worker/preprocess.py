@@ -22,7 +22,7 @@ class PreparedImage:
 
 
 def model_input_size(model_path: Path) -> int:
-    """Input side of the model, from the ``model_card.json`` beside it (the dataset grid if none)."""
+    """Input side of the model, from the ``model_card.json`` beside it (dataset grid if none)."""
     card = model_path.with_name("model_card.json")
     if not card.is_file():
         return DATASET_GRID

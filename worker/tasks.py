@@ -88,7 +88,7 @@ def process_instance(self: Task, job_id: int) -> dict[str, Any] | None:
             path = rt.settings.spool_dir / job.instance.path
             sop_instance_uid = job.instance.sop_instance_uid
     except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
 
     try:
         prepared = prepare(path, rt.input_size)
@@ -102,6 +102,6 @@ def process_instance(self: Task, job_id: int) -> dict[str, Any] | None:
         with session_scope(rt.sessions) as session:
             finish_job(session, job_id, prepared.outcome)
     except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
     LOGGER.info("job %s (%s) preprocessed %s", job_id, sop_instance_uid, prepared.outcome["shape"])
     return prepared.outcome

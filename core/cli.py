@@ -56,21 +56,21 @@ def gateway(settings: Settings) -> None:
 @cli.command()
 @click.option("--concurrency", type=int, default=None, help="Worker processes.")
 @click.option("--queues", default="inference,dicom", show_default=True)
+@click.option("--beat", is_flag=True, help="Also run the periodic tasks (one node only).")
 @click.pass_obj
-def worker(settings: Settings, concurrency: int | None, queues: str) -> None:
+def worker(settings: Settings, concurrency: int | None, queues: str, beat: bool) -> None:
     """Run a Celery worker (same as `celery -A worker.celery_app worker`)."""
     from worker.celery_app import create_celery
 
     app = create_celery(settings)
-    app.worker_main(
-        [
-            "worker",
-            f"--loglevel={settings.log_level}",
-            f"--queues={queues}",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
-            f"--hostname=cxr@%h-{queues.replace(',', '-')}",
-        ]
-    )
+    argv = [
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--queues={queues}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--hostname=cxr@%h-{queues.replace(',', '-')}",
+    ]
+    app.worker_main([*argv, "--beat"] if beat else argv)
 
 
 @cli.command()
@@ -112,13 +112,17 @@ def send(paths: tuple[Path, ...], host: str, port: int, called_aet: str, calling
 @cli.command()
 @click.pass_obj
 def run(settings: Settings) -> None:
-    """Run the whole node on this machine: migrate, then gateway and worker, until stopped."""
+    """Run the whole node on this machine: migrate, then gateway and worker (with the periodic
+    tasks), until stopped."""
     from db.migrate import upgrade
 
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    roles = ["gateway", "worker"]
-    children = {role: subprocess.Popen([sys.executable, "-m", "core.cli", role]) for role in roles}
+    roles = {"gateway": ["gateway"], "worker": ["worker", "--beat"]}
+    children = {
+        role: subprocess.Popen([sys.executable, "-m", "core.cli", *argv])
+        for role, argv in roles.items()
+    }
     stopping = False
 
     def stop(*_: object) -> None:

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Seconds after which a queued job never started is queued again."
     )
     task_time_limit: float = Field(300.0, gt=0, description="Hard time limit of a worker task.")
+    inference_batch_size: int = Field(16, ge=1, description="Most images in one inference batch.")
+    inference_batch_wait: float = Field(
+        0.02, ge=0, description="Seconds the gateway waits for more images to batch with one."
+    )
+    study_quiet_seconds: float = Field(
+        60.0, gt=0, description="A study not released cleanly is complete after this long quiet."
+    )
     worker_concurrency: int = Field(2, ge=1, description="Worker processes for `cxr-triage run`.")
     log_level: str = Field("INFO", description="Python logging level.")
 

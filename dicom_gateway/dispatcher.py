@@ -1,11 +1,15 @@
-"""Queue after commit: publish committed jobs to Celery, and sweep up what the broker missed.
+"""Queue after commit: publish committed jobs to Celery in micro-batches, and sweep up what the
+broker missed.
 
 The C-STORE handler commits the instance and its job, already claimed (``queued``), hands the job
-id to the dispatcher and answers the sender; publishing never delays the response. When the broker
-is down the claim is released (the job goes back to ``received``) and the periodic sweep publishes
-it when the broker is back. The sweep claims jobs with a conditional update (``received`` ->
-``queued``) before publishing them, so a job is published once even when several gateway processes
-sweep at the same time.
+id to the dispatcher and answers the sender; publishing never delays the response. The dispatcher
+waits a moment (``batch_wait``) for more jobs and publishes up to ``batch_size`` of them as one
+inference message, which the worker runs through the model as one batch.
+
+When the broker is down the claims are released (the jobs go back to ``received``) and the
+periodic sweep publishes them when the broker is back. The sweep claims jobs with a conditional
+update (``received`` -> ``queued``) before publishing them, so a job is published once even when
+several gateway processes sweep at the same time.
 """
 
 from __future__ import annotations
@@ -25,11 +29,8 @@ from db.session import session_scope
 
 LOGGER = logging.getLogger(__name__)
 
-BATCH = 100
-"""Most jobs claimed in one transaction."""
-
-Publish = Callable[[int], None]
-"""Publishes one job id to the broker; raises when the broker cannot take it."""
+Publish = Callable[[list[int]], None]
+"""Publishes one message for a batch of job ids; raises when the broker cannot take it."""
 
 
 class Dispatcher:
@@ -41,14 +42,19 @@ class Dispatcher:
         publish: Publish,
         sweep_interval: float,
         stale_after: float,
+        batch_size: int,
+        batch_wait: float,
     ) -> None:
         self._sessions = sessions
         self._publish = publish
         self._sweep_interval = sweep_interval
         self._stale_after = timedelta(seconds=stale_after)
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait
         self._pending: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
         self._broker_down = False
+        self._stopping = False
 
     def start(self) -> None:
         self._thread.start()
@@ -63,35 +69,36 @@ class Dispatcher:
 
     def _run(self) -> None:
         next_sweep = time.monotonic()
-        while True:
+        while not self._stopping:
             batch = self._next_batch(timeout=max(0.0, next_sweep - time.monotonic()))
-            if batch is None:
-                return
             if batch:
                 if self._broker_down:
                     self._release(batch)
                 else:
                     self._publish_claimed(batch)
-            if time.monotonic() >= next_sweep:
+            if time.monotonic() >= next_sweep and not self._stopping:
                 self.sweep()
                 next_sweep = time.monotonic() + self._sweep_interval
 
-    def _next_batch(self, timeout: float) -> list[int] | None:
-        """Job ids waiting now (at most ``BATCH``), after waiting up to ``timeout`` for the first;
-        None when asked to stop."""
-        try:
-            first = self._pending.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < BATCH:
+    def _next_batch(self, timeout: float) -> list[int]:
+        """Up to ``batch_size`` job ids: the first within ``timeout``, then what arrives within
+        ``batch_wait`` after it."""
+        batch: list[int] = []
+        wait = timeout
+        deadline: float | None = None
+        while len(batch) < self._batch_size:
             try:
-                batch.append(self._pending.get_nowait())
+                job_id = self._pending.get(timeout=wait)
             except queue.Empty:
                 break
-        if None in batch:
-            return None
-        return [job_id for job_id in batch if job_id is not None]
+            if job_id is None:
+                self._stopping = True
+                break
+            batch.append(job_id)
+            if deadline is None:
+                deadline = time.monotonic() + self._batch_wait
+            wait = max(0.0, deadline - time.monotonic())
+        return batch
 
     def publish(self, job_ids: list[int], stale: bool = False) -> int:
         """Claim the jobs in one transaction, then publish them; returns how many were published."""
@@ -105,20 +112,23 @@ class Dispatcher:
         return self._publish_claimed(claimed)
 
     def _publish_claimed(self, job_ids: list[int]) -> int:
-        """Publish claimed jobs; those the broker did not take are released for the sweep."""
-        for index, job_id in enumerate(job_ids):
+        """Publish claimed jobs in batches; those the broker did not take are released."""
+        published = 0
+        for start in range(0, len(job_ids), self._batch_size):
+            batch = job_ids[start : start + self._batch_size]
             try:
-                self._publish(job_id)
+                self._publish(batch)
             except Exception as exc:
                 if not self._broker_down:
                     LOGGER.warning("broker unavailable (%s); jobs wait for the sweep", exc)
                 self._broker_down = True
-                self._release(job_ids[index:])
-                return index
-        if self._broker_down and job_ids:
+                self._release(job_ids[start:])
+                return published
+            published += len(batch)
+        if self._broker_down and published:
             LOGGER.info("broker available again")
             self._broker_down = False
-        return len(job_ids)
+        return published
 
     def _release(self, job_ids: list[int]) -> None:
         try:
@@ -135,11 +145,7 @@ class Dispatcher:
         except Exception:
             LOGGER.exception("sweep cannot read pending jobs")
             return 0
-        published = 0
-        for start in range(0, len(job_ids), BATCH):
-            published += self.publish(job_ids[start : start + BATCH], stale=True)
-            if self._broker_down:
-                break
+        published = self.publish(job_ids, stale=True) if job_ids else 0
         if published:
             LOGGER.info("sweep queued %d pending jobs", published)
         return published

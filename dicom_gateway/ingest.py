@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import SelectionRules
+from db.exports import forwarded_by_us
 from db.repository import NewInstance, stored_versions
 from db.session import session_scope
 from dicom_gateway import spool
@@ -31,6 +32,10 @@ from dicom_gateway.statuses import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicom_gateway.validation import ReceivedHeader, Refused, inspect_received
 
 LOGGER = logging.getLogger(__name__)
+
+FORWARDED_BY_US = "forwarded by cxr-triage"
+"""Skip reason of an original we forwarded that came back changed (loop protection); one that
+came back unchanged is acknowledged as an identical copy."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +118,15 @@ class Ingest:
         with self._uid_locks.hold(header.sop_instance_uid):
             with session_scope(self._sessions) as session:
                 versions = stored_versions(session, header.sop_instance_uid)
+                forwarded = bool(versions) and forwarded_by_us(session, header.sop_instance_uid)
             if any(
                 spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
                 for _, path in versions
             ):
                 LOGGER.info("identical copy of %s acknowledged", header.sop_instance_uid)
                 return StoreResult(SUCCESS, duplicate=True)
+            if forwarded:
+                reason = FORWARDED_BY_US
             version = max((v for v, _ in versions), default=0) + 1
             relative = spool.relative_path(
                 header.study_instance_uid,

@@ -24,6 +24,11 @@ WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 """Warnings from a Storage SCP (PS3.4 B.2.3, PS3.7 C.2): the object was stored."""
 
 
+def is_out_of_resources(status: int) -> bool:
+    """Refused: Out of Resources (0xA7xx): the peer may take the object later."""
+    return status & 0xFF00 == OUT_OF_RESOURCES
+
+
 def is_stored(status: int) -> bool:
     """Whether a C-STORE response status means the peer kept the object (success or warning)."""
     return status == SUCCESS or status in WARNING_STATUSES

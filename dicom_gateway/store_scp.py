@@ -20,6 +20,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ from core.config import load_config
 from core.settings import Settings
 from db.models import AssociationOutcome
 from db.repository import close_association, open_association
+from db.results import mark_released
 from db.session import make_engine, make_session_factory, session_scope
 from dicom_gateway.dispatcher import Dispatcher
 from dicom_gateway.ingest import Ingest
 from dicom_gateway.statuses import SUCCESS
-from worker.celery_app import PROCESS_INSTANCE_TASK, create_celery
+from worker.celery_app import FINALIZE_TASK, INFER_TASK, create_celery
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,10 +69,15 @@ class AssociationRecord:
 
 
 class AssociationLog:
-    """The audit rows of this process's associations, keyed by pynetdicom's Association."""
+    """The audit rows of this process's associations, keyed by pynetdicom's Association.
 
-    def __init__(self, sessions: Any) -> None:
+    When an association ends released, the studies it carried are marked released and handed
+    to ``on_released``: their results may be due (see ``worker.study``).
+    """
+
+    def __init__(self, sessions: Any, on_released: Callable[[list[int]], None]) -> None:
         self._sessions = sessions
+        self._on_released = on_released
         self._records: dict[int, AssociationRecord] = {}
 
     def opened(self, assoc: Any, outcome: AssociationOutcome, detail: str | None = None) -> int:
@@ -98,6 +105,7 @@ class AssociationLog:
         record = self._records.pop(id(assoc), None)
         if record is None:
             return
+        released: list[int] = []
         with session_scope(self._sessions) as session:
             close_association(
                 session,
@@ -106,6 +114,10 @@ class AssociationLog:
                 instances_received=record.received,
                 instances_refused=record.refused,
             )
+            if record.outcome is AssociationOutcome.RELEASED and record.received:
+                released = mark_released(session, record.association_id)
+        if released:
+            self._on_released(released)
         LOGGER.info(
             "association %s %s: %d stored, %d refused",
             record.association_id,
@@ -280,11 +292,22 @@ class Gateway:
         sessions = make_session_factory(self.engine)
         celery = create_celery(settings)
 
-        def publish(job_id: int) -> None:
-            celery.send_task(PROCESS_INSTANCE_TASK, args=[job_id], retry=False)
+        def publish(job_ids: list[int]) -> None:
+            celery.send_task(INFER_TASK, args=[job_ids], retry=False)
+
+        def finalize(study_ids: list[int]) -> None:
+            try:
+                celery.send_task(FINALIZE_TASK, args=[study_ids], retry=False)
+            except Exception as exc:  # the quiet sweep finalizes them later
+                LOGGER.warning("cannot queue released studies %s: %s", study_ids, exc)
 
         self.dispatcher = Dispatcher(
-            sessions, publish, settings.sweep_interval, settings.stale_job_after
+            sessions,
+            publish,
+            settings.sweep_interval,
+            settings.stale_job_after,
+            settings.inference_batch_size,
+            settings.inference_batch_wait,
         )
         self.ingest = Ingest(
             settings.spool_dir,
@@ -293,7 +316,7 @@ class Gateway:
             load_config(settings.config).selection,
             self.dispatcher.submit,
         )
-        self.log = AssociationLog(sessions)
+        self.log = AssociationLog(sessions, finalize)
         self.ae = build_ae(settings)
         self._server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
         self.server: ThreadedAssociationServer | None = None

@@ -12,25 +12,33 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
-from dicom_gateway.statuses import is_stored
+from dicom_gateway.statuses import is_out_of_resources, is_stored
 
 LOGGER = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
+REJECTED_PERMANENT = 0x01
 
 
 @dataclass(frozen=True)
 class SendResult:
-    """The outcome of one file: the peer's status, or why it was not sent."""
+    """The outcome of one file: the peer's status, or why it was not sent.
+
+    ``transient`` says whether trying again later may succeed: no connection, a transient
+    association rejection, no response, or Refused: Out of Resources (0xA7xx). A permanent
+    rejection or another failure status will not change by itself.
+    """
 
     path: Path
     status: int | None
     error: str | None = None
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -101,8 +109,9 @@ def send_files(
         ae.requested_contexts = [build_context(sop, [syntax]) for sop, syntax in contexts]
         assoc = ae.associate(host, port, ae_title=called_ae_title)
         if not assoc.is_established:
+            error, transient = _association_failure(assoc)
             for path in files:
-                record(SendResult(path, None, "association rejected or peer unreachable"))
+                record(SendResult(path, None, error, transient))
             continue
         try:
             for path in files:
@@ -113,13 +122,32 @@ def send_files(
     return results
 
 
-def _send_one(assoc: object, path: Path) -> SendResult:
+def _association_failure(assoc: Any) -> tuple[str, bool]:
+    """Why no association, and whether that may pass (PS3.8 7.1.1.9: result 1 is permanent)."""
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        result, source, reason = primitive.result, primitive.result_source, primitive.diagnostic
+        kind = "permanently" if result == REJECTED_PERMANENT else "transiently"
+        return f"association rejected {kind} (source {source}, reason {reason})", (
+            result != REJECTED_PERMANENT
+        )
+    if assoc.is_aborted:
+        return "association aborted by the peer", True
+    return "peer unreachable (no connection or no answer)", True
+
+
+def _send_one(assoc: Any, path: Path) -> SendResult:
     try:
-        response = assoc.send_c_store(path)  # type: ignore[attr-defined]
+        response = assoc.send_c_store(path)
     except (ValueError, OSError, InvalidDicomError) as exc:
         return SendResult(path, None, str(exc))
     status = getattr(response, "Status", None)
     if status is None:
-        return SendResult(path, None, "no response (timeout or association aborted)")
+        return SendResult(path, None, "no response (timeout or association aborted)", True)
     comment = getattr(response, "ErrorComment", None)
-    return SendResult(path, int(status), str(comment) if comment else None)
+    return SendResult(
+        path,
+        int(status),
+        str(comment) if comment else None,
+        transient=is_out_of_resources(int(status)),
+    )

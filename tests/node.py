@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import Engine, select, text
@@ -141,12 +142,19 @@ class Node:
             self._engine = make_engine(self.database_url)
         return self._engine
 
+    def configure(self, config: dict[str, Any]) -> None:
+        """Write the node's YAML configuration file (``CXR_CONFIG``)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        path = self.home / "cxr-triage.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.extra_env["CXR_CONFIG"] = str(path)
+
     def migrate(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         upgrade(self.database_url)
 
-    def process(self, role: str) -> NodeProcess:
-        return NodeProcess(role, self.env(), self.home / f"{role}.log")
+    def process(self, role: str, *options: str) -> NodeProcess:
+        return NodeProcess(role, self.env(), self.home / f"{role}.log", list(options))
 
     @contextlib.contextmanager
     def gateway(self, ready_aet: str = "READY") -> Iterator[NodeProcess]:
@@ -158,8 +166,8 @@ class Node:
             yield process
 
     @contextlib.contextmanager
-    def worker(self) -> Iterator[NodeProcess]:
-        process = self.process("worker")
+    def worker(self, beat: bool = False) -> Iterator[NodeProcess]:
+        process = self.process("worker", "--beat") if beat else self.process("worker")
         with running(process, lambda: " ready." in process.log(), "worker ready") as started:
             yield started
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -18,10 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,6 +187,7 @@ class NodeProcess:
     role: str
     env: dict[str, str]
     log_path: Path
+    options: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -191,7 +195,7 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", self.role],
+            [sys.executable, "-m", "core.cli", self.role, *self.options],
             cwd=REPO_ROOT,
             env=environment,
             stdout=log,
@@ -232,3 +236,107 @@ def running(process: NodeProcess, ready: Callable[[], bool], what: str) -> Itera
         yield process
     finally:
         process.stop()
+
+
+# --- Orthanc, the PACS ---------------------------------------------------------------------------
+
+
+@dataclass
+class OrthancServer:
+    """Orthanc from the Debian package, configured in ``directory`` on free ports.
+
+    ``modalities`` are the DICOM peers it may send to: name -> (AE title, host, port).
+    ``lua`` is an optional Lua script (for example a ``ReceivedInstanceFilter`` that rejects).
+    """
+
+    directory: Path
+    modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    ae_title: str = "ORTHANC"
+    lua: str | None = None
+    http_port: int = field(default_factory=free_port)
+    dicom_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = _require_binary("Orthanc", "orthanc")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "Name": "cxr-test-pacs",
+            "StorageDirectory": str(self.directory / "storage"),
+            "IndexDirectory": str(self.directory / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
+            "Plugins": [],
+            "LuaScripts": [],
+        }
+        if self.lua is not None:
+            script = self.directory / "filter.lua"
+            script.write_text(self.lua)
+            config["LuaScripts"] = [str(script)]
+        (self.directory / "orthanc.json").write_text(json.dumps(config))
+        log = (self.directory / "orthanc.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, str(self.directory / "orthanc.json")],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: self._alive(), 30, f"Orthanc on {self.http_port}")
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+        wait_until(lambda: not port_open(self.dicom_port), 10, "Orthanc to stop")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
+            headers={"Content-Type": "application/json" if body and body[:1] in b"[{" else
+                     "application/dicom"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as response:
+            return json.loads(response.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def upload(self, path: Path) -> str:
+        """Store a file through the REST API; returns Orthanc's instance id."""
+        return str(self.request("POST", "/instances", path.read_bytes())["ID"])
+
+    def send_to(self, modality: str, resources: list[str]) -> Any:
+        """C-STORE resources to a configured modality (``/modalities/<name>/store``)."""
+        return self.request(
+            "POST", f"/modalities/{modality}/store", json.dumps(resources).encode()
+        )
+
+    def study_instances(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Every instance of a study, with its main DICOM tags (SOPClassUID, Modality, ...)."""
+        found = self.request(
+            "POST", "/tools/find",
+            json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid},
+                        "Expand": True}).encode(),
+        )
+        return list(found)
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file"
+        )
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return bytes(response.read())

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from core.settings import Settings
 from db.models import Instance, Job
 from tests.node import Node, storescu
-from worker.preprocess import model_input_size
+from worker.model import ModelCard
 
 
 def test_received_radiographs_are_decoded_by_the_worker(
@@ -26,7 +26,7 @@ def test_received_radiographs_are_decoded_by_the_worker(
         assert sent.returncode == 0, sent.stderr
         jobs = node.wait_for_jobs(len(files), {"done", "failed", "skipped"})
 
-    size = model_input_size(Settings().model_path)
+    size = ModelCard.read(Settings().model_path).input_size
     assert len(jobs) == len(files)
     assert [job.state for job in jobs] == ["done"] * len(files), [j.reason for j in jobs]
     for job in jobs:

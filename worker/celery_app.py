@@ -23,7 +23,22 @@ app: Celery
 
 INFERENCE_QUEUE = "inference"
 DICOM_QUEUE = "dicom"
-PROCESS_INSTANCE_TASK = "cxr.process_instance"
+
+INFER_TASK = "cxr.infer_instances"
+FINALIZE_TASK = "cxr.finalize_studies"
+QUIET_SWEEP_TASK = "cxr.finalize_quiet_studies"
+REPORT_TASK = "cxr.report_result"
+DELIVER_TASK = "cxr.deliver"
+
+TASK_QUEUES = {
+    INFER_TASK: INFERENCE_QUEUE,
+    FINALIZE_TASK: INFERENCE_QUEUE,
+    QUIET_SWEEP_TASK: INFERENCE_QUEUE,
+    REPORT_TASK: DICOM_QUEUE,
+    DELIVER_TASK: DICOM_QUEUE,
+}
+"""Inference and study results on one queue (GPU workers in production), building and sending
+DICOM objects on the other, so a slow PACS never holds up inference."""
 EMBEDDED_BROKER_POLL_SECONDS = 0.05
 
 
@@ -73,7 +88,14 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         task_queues=[Queue(INFERENCE_QUEUE), Queue(DICOM_QUEUE)],
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={"cxr.process_instance": {"queue": INFERENCE_QUEUE}},
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        beat_schedule={
+            "finalize-quiet-studies": {
+                "task": QUIET_SWEEP_TASK,
+                "schedule": max(1.0, settings.study_quiet_seconds / 4),
+            }
+        },
+        beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from core.preprocess import DATASET_GRID, FloatImage, preprocess_dicom
+from core.preprocess import FloatImage, preprocess_dicom
 
 
 @dataclass(frozen=True)
@@ -19,14 +18,6 @@ class PreparedImage:
 
     model_input: FloatImage
     outcome: dict[str, Any]
-
-
-def model_input_size(model_path: Path) -> int:
-    """Input side of the model, from the ``model_card.json`` beside it (dataset grid if none)."""
-    card = model_path.with_name("model_card.json")
-    if not card.is_file():
-        return DATASET_GRID
-    return int(json.loads(card.read_text())["input_size"])
 
 
 def prepare(path: Path, size: int) -> PreparedImage:

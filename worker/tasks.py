@@ -1,107 +1,108 @@
-"""Celery tasks. Like web views: take ids, load from the database, call pure functions, record.
+"""Celery tasks. Like web views: take ids, load from the database, call the functions that do the
+work, record the outcome, and be safe to run twice.
 
-Every task is safe to run twice: a redelivered message finds the job done and returns, or redoes
-the same work with the same result.
+inference queue: ``infer_instances`` (a micro-batch of jobs) -> findings -> study result when the
+study is complete -> ``report_result``; ``finalize_studies`` (an association was released) and
+``finalize_quiet_studies`` (beat) make results for studies that became complete without new
+findings.
+dicom queue: ``report_result`` builds the reports and plans the deliveries; ``deliver`` sends one
+object to one destination, retrying with backoff on transient failures.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from dataclasses import dataclass
-from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
-from pydicom.errors import InvalidDicomError
-from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
-from core.preprocess import UnsupportedImage
-from core.settings import Settings
-from db.repository import fail_job, finish_job, start_job
-from db.session import make_engine, make_session_factory, session_scope
-from worker.celery_app import PROCESS_INSTANCE_TASK
-from worker.preprocess import model_input_size, prepare
+from db.models import DeliveryOutcome, utcnow
+from db.results import quiet_studies
+from db.session import session_scope
+from worker.celery_app import (
+    DELIVER_TASK,
+    FINALIZE_TASK,
+    INFER_TASK,
+    QUIET_SWEEP_TASK,
+    REPORT_TASK,
+)
+from worker.export import Planned, deliver, plan_result
+from worker.inference import infer_jobs
+from worker.runtime import WorkerRuntime, runtime
+from worker.study import finalize
 
 LOGGER = logging.getLogger(__name__)
 
-PERMANENT_ERRORS = (
-    UnsupportedImage,
-    InvalidDicomError,
-    NotImplementedError,
-    ValueError,
-    FileNotFoundError,
-    SoftTimeLimitExceeded,
-)
-"""Errors that another attempt would meet again: the job fails with the reason recorded."""
-
 TRANSIENT_RETRIES = 5
+"""Retries of a task whose database was unreachable."""
 
 
-@dataclass
-class WorkerRuntime:
-    """Per-process resources, created lazily in each worker child (never in the parent)."""
-
-    pid: int
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    input_size: int
-    name: str
-
-    @classmethod
-    def create(cls, settings: Settings) -> WorkerRuntime:
-        engine = make_engine(settings.resolved_database_url)
-        return cls(
-            pid=os.getpid(),
-            settings=settings,
-            engine=engine,
-            sessions=make_session_factory(engine),
-            input_size=model_input_size(settings.model_path),
-            name=f"{socket.gethostname()}:{os.getpid()}",
-        )
+def _runtime(task: Task) -> WorkerRuntime:
+    return runtime(task.app.conf.cxr_settings)
 
 
-_runtime: WorkerRuntime | None = None
+def _retry_later(task: Task, exc: Exception) -> Exception:
+    return task.retry(exc=exc, countdown=2**task.request.retries)  # type: ignore[no-any-return]
 
 
-def runtime(task: Task) -> WorkerRuntime:
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = WorkerRuntime.create(task.app.conf.cxr_settings)
-    return _runtime
-
-
-@shared_task(name=PROCESS_INSTANCE_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
-def process_instance(self: Task, job_id: int) -> dict[str, Any] | None:
-    """Decode and preprocess one received instance; record shape and timings on its job."""
-    rt = runtime(self)
-    try:
+def _finalize_and_report(task: Task, rt: WorkerRuntime, study_ids: set[int] | list[int]) -> None:
+    """Make the due results of these studies, and queue their reports after the commit."""
+    for study_id in sorted(study_ids):
         with session_scope(rt.sessions) as session:
-            job = start_job(session, job_id, rt.name)
-            if job is None:
-                LOGGER.info("job %s already finished; nothing to do", job_id)
-                return None
-            path = rt.settings.spool_dir / job.instance.path
-            sop_instance_uid = job.instance.sop_instance_uid
+            result = finalize(session, study_id, rt.quiet)
+            result_id = result.id if result is not None else None
+        if result_id is not None:
+            LOGGER.info("study %s: result %s", study_id, result_id)
+            task.app.send_task(REPORT_TASK, args=[result_id])
+
+
+@shared_task(name=INFER_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
+def infer_instances(self: Task, job_ids: list[int]) -> None:
+    """Infer a micro-batch of instances, then finalize the studies that got findings."""
+    rt = _runtime(self)
+    try:
+        studies = infer_jobs(rt, job_ids)
+        _finalize_and_report(self, rt, studies)
     except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        raise _retry_later(self, exc) from exc
 
-    try:
-        prepared = prepare(path, rt.input_size)
-    except PERMANENT_ERRORS as exc:
-        LOGGER.warning("job %s (%s) failed: %s", job_id, sop_instance_uid, exc)
-        with session_scope(rt.sessions) as session:
-            fail_job(session, job_id, f"{type(exc).__name__}: {exc}")
-        return None
 
+@shared_task(name=FINALIZE_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
+def finalize_studies(self: Task, study_ids: list[int]) -> None:
+    """Studies whose association was released cleanly: their results may be due now."""
+    rt = _runtime(self)
     try:
-        with session_scope(rt.sessions) as session:
-            finish_job(session, job_id, prepared.outcome)
+        _finalize_and_report(self, rt, study_ids)
     except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-    LOGGER.info("job %s (%s) preprocessed %s", job_id, sop_instance_uid, prepared.outcome["shape"])
-    return prepared.outcome
+        raise _retry_later(self, exc) from exc
+
+
+@shared_task(name=QUIET_SWEEP_TASK, bind=True)
+def finalize_quiet_studies(self: Task) -> None:
+    """Studies quiet for ``CXR_STUDY_QUIET_SECONDS`` are complete: make their results (beat)."""
+    rt = _runtime(self)
+    with session_scope(rt.sessions) as session:
+        study_ids = quiet_studies(session, utcnow() - rt.quiet)
+    _finalize_and_report(self, rt, study_ids)
+
+
+@shared_task(name=REPORT_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
+def report_result(self: Task, result_id: int) -> None:
+    """Build a result's reports and queue one delivery per destination and object."""
+    rt = _runtime(self)
+    try:
+        planned = plan_result(rt, result_id)
+    except OperationalError as exc:
+        raise _retry_later(self, exc) from exc
+    for item in planned:
+        self.app.send_task(DELIVER_TASK, args=[item.kind, item.object_id, item.destination])
+
+
+@shared_task(name=DELIVER_TASK, bind=True)
+def deliver_object(self: Task, kind: str, object_id: int, destination: str) -> None:
+    """One attempt to send an object to a destination; on a transient failure, another later."""
+    rt = _runtime(self)
+    step = deliver(rt, Planned(kind, object_id, destination))
+    if step is not None and step.outcome is DeliveryOutcome.RETRYING:
+        assert step.retry_after is not None
+        raise self.retry(countdown=step.retry_after, max_retries=rt.config.delivery.max_attempts)

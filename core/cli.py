@@ -74,6 +74,22 @@ def worker(settings: Settings, concurrency: int | None, queues: str, beat: bool)
 
 
 @cli.command()
+@click.pass_obj
+def web(settings: Settings) -> None:
+    """Serve the worklist, the queue dashboard, /healthz and /metrics on CXR_HTTP_PORT."""
+    import uvicorn
+
+    from web.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=11112, show_default=True)
@@ -112,13 +128,13 @@ def send(paths: tuple[Path, ...], host: str, port: int, called_aet: str, calling
 @cli.command()
 @click.pass_obj
 def run(settings: Settings) -> None:
-    """Run the whole node on this machine: migrate, then gateway and worker (with the periodic
-    tasks), until stopped."""
+    """Run the whole node on this machine: migrate, then gateway, worker (with the periodic
+    tasks) and web, until stopped."""
     from db.migrate import upgrade
 
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    roles = {"gateway": ["gateway"], "worker": ["worker", "--beat"]}
+    roles = {"gateway": ["gateway"], "worker": ["worker", "--beat"], "web": ["web"]}
     children = {
         role: subprocess.Popen([sys.executable, "-m", "core.cli", *argv])
         for role, argv in roles.items()

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     ae_title: str = Field("CXR_TRIAGE", max_length=16, description="Our AE title.")
     dicom_host: str = Field("0.0.0.0", description="Address the Storage SCP listens on.")
     dicom_port: int = Field(11112, description="Port the Storage SCP listens on.")
+    http_host: str = Field("127.0.0.1", description="Address the web API and pages listen on.")
     http_port: int = Field(8080, description="Port of the web API and pages.")
     allowed_calling_aets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

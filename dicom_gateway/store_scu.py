@@ -131,9 +131,7 @@ def _association_failure(assoc: Any) -> tuple[str, bool]:
         return f"association rejected {kind} (source {source}, reason {reason})", (
             result != REJECTED_PERMANENT
         )
-    if assoc.is_aborted:
-        return "association aborted by the peer", True
-    return "peer unreachable (no connection or no answer)", True
+    return "peer unreachable (no connection, no answer, or aborted)", True
 
 
 def _send_one(assoc: Any, path: Path) -> SendResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,14 @@ from tests.servers import NodeProcess, free_port, running, wait_until
 
 DCMTK_ENV = {"TCP_NODELAY": "1"}
 """DCMTK tools stall about 40 ms per message on loopback without it."""
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def echo(port: int, calling_ae_title: str = "ECHOSCU", called: str = "CXR_TRIAGE") -> int | None:
@@ -115,6 +124,7 @@ class Node:
     broker_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     _engine: Engine | None = None
 
     def env(self) -> dict[str, str]:
@@ -123,6 +133,7 @@ class Node:
             "CXR_DATABASE_URL": self.database_url,
             "CXR_DICOM_PORT": str(self.dicom_port),
             "CXR_DICOM_HOST": "127.0.0.1",
+            "CXR_HTTP_PORT": str(self.http_port),
             "CXR_DISK_RESERVE_MB": "64",
             "CXR_SWEEP_INTERVAL": "0.5",
             "CXR_LOG_LEVEL": "INFO",
@@ -170,6 +181,13 @@ class Node:
         process = self.process("worker", "--beat") if beat else self.process("worker")
         with running(process, lambda: " ready." in process.log(), "worker ready") as started:
             yield started
+
+    @contextlib.contextmanager
+    def web(self) -> Iterator[str]:
+        """The web process; yields its base URL."""
+        url = f"http://127.0.0.1:{self.http_port}"
+        with running(self.process("web"), lambda: http_ok(f"{url}/healthz"), "web /healthz"):
+            yield url
 
     def query(self, statement: Any) -> list[Any]:
         with Session(self.engine) as session:

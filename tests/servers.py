@@ -305,9 +305,14 @@ class OrthancServer:
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Any:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
-            headers={"Content-Type": "application/json" if body and body[:1] in b"[{" else
-                     "application/dicom"},
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=body,
+            method=method,
+            headers={
+                "Content-Type": "application/json"
+                if body and body[:1] in b"[{"
+                else "application/dicom"
+            },
         )
         with urllib.request.urlopen(req, timeout=120) as response:
             return json.loads(response.read() or b"null")
@@ -321,16 +326,20 @@ class OrthancServer:
 
     def send_to(self, modality: str, resources: list[str]) -> Any:
         """C-STORE resources to a configured modality (``/modalities/<name>/store``)."""
-        return self.request(
-            "POST", f"/modalities/{modality}/store", json.dumps(resources).encode()
-        )
+        return self.request("POST", f"/modalities/{modality}/store", json.dumps(resources).encode())
 
     def study_instances(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """Every instance of a study, with its main DICOM tags (SOPClassUID, Modality, ...)."""
         found = self.request(
-            "POST", "/tools/find",
-            json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid},
-                        "Expand": True}).encode(),
+            "POST",
+            "/tools/find",
+            json.dumps(
+                {
+                    "Level": "Instance",
+                    "Query": {"StudyInstanceUID": study_instance_uid},
+                    "Expand": True,
+                }
+            ).encode(),
         )
         return list(found)
 

@@ -1,0 +1,1 @@
+"""The web API and pages: worklist, ops dashboard, health and metrics."""

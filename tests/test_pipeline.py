@@ -38,7 +38,7 @@ def test_received_radiographs_are_decoded_by_the_worker(
         assert job.processing_at is not None
         assert job.done_at is not None
         assert job.received_at <= job.queued_at <= job.processing_at <= job.done_at
-        assert set(job.outcome["timings_ms"]) == {"read", "decode", "preprocess"}
+        assert set(job.outcome["timings_ms"]) == {"read", "decode", "preprocess", "infer"}
 
     outcomes = [job.outcome for job in jobs if job.outcome is not None]
     # The same pixels twice (same SOP Instance UID, so two versions), one header saying

@@ -173,20 +173,25 @@ def apply_result_to_flag(session: Session, result: StudyResult, priority: str) -
         flag.state_changed_at = None
         flag.updated_at = now
         event = "revised"
+    _record_event(session, flag, event, "cxr-triage")
+    return flag
+
+
+def _record_event(session: Session, flag: Flag, event: str, actor: str) -> None:
+    """Append the flag's state as it now is to its history."""
     session.add(
         FlagEvent(
             flag_id=flag.id,
             event=event,
-            actor="cxr-triage",
+            actor=actor,
             state=flag.state,
             positive=flag.positive,
             probability=flag.probability,
-            study_result_id=result.id,
-            at=now,
+            study_result_id=flag.study_result_id,
+            at=flag.updated_at,
         )
     )
     session.flush()
-    return flag
 
 
 def _reason(result: StudyResult) -> str:
@@ -207,19 +212,7 @@ def set_flag_state(session: Session, flag_id: int, state: FlagState, actor: str)
     flag.state_changed_by = actor
     flag.state_changed_at = now
     flag.updated_at = now
-    session.add(
-        FlagEvent(
-            flag_id=flag.id,
-            event=str(state),
-            actor=actor,
-            state=state,
-            positive=flag.positive,
-            probability=flag.probability,
-            study_result_id=flag.study_result_id,
-            at=now,
-        )
-    )
-    session.flush()
+    _record_event(session, flag, str(state), actor)
     return flag
 
 

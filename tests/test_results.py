@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.senders import association, send_raw
 from tests.servers import OrthancServer, free_port, wait_until
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 PNEUMONIA_IMAGE = "015_D_CR_pneumonia.dcm"
 NORMAL_IMAGE = "003_D_CR_normal.dcm"
 
@@ -99,16 +101,41 @@ def with_study(source: Path, target: Path, study_instance_uid: str, patient_id: 
 
 
 def test_sr_returns_to_pacs_in_the_same_study(
-    node: Node, pacs: OrthancServer, labelled_dicom_dir: Path
+    node: Node, pacs: OrthancServer, labelled_dicom_dir: Path, tmp_path: Path
 ) -> None:
+    node.configure(
+        {
+            "destinations": [
+                {
+                    "name": "pacs",
+                    "ae_title": "ORTHANC",
+                    "host": "127.0.0.1",
+                    "port": pacs.dicom_port,
+                    "outputs": ["sr", "sc"],
+                }
+            ]
+        }
+    )
     source = labelled_dicom_dir / PNEUMONIA_IMAGE
     original = dcmread(source, stop_before_pixels=True)
     orthanc_id = pacs.upload(source)
     with node.gateway(), node.worker():
         pacs.send_to("cxr", [orthanc_id])
-        wait_until(lambda: len(sent(node)) == 1, 120, "the SR delivered")
+        wait_until(lambda: len(sent(node)) == 2, 120, "the SR and the SC delivered")
 
     (sr,) = srs_in(pacs, original.StudyInstanceUID)
+    (sc,) = [
+        dcmread(io.BytesIO(pacs.instance_file(instance["ID"])))
+        for instance in pacs.study_instances(original.StudyInstanceUID)
+        if instance["MainDicomTags"]["SOPInstanceUID"]
+        not in (sr.SOPInstanceUID, original.SOPInstanceUID)
+    ]
+    assert sc.SOPClassUID == SECONDARY_CAPTURE
+    assert (sc.Manufacturer, sc.BurnedInAnnotation, sc.SamplesPerPixel) == ("cxr-triage", "YES", 3)
+    sc_file = tmp_path / "sc.dcm"
+    sc.save_as(sc_file)
+    verified = subprocess.run(["dciodvfy", str(sc_file)], capture_output=True, text=True)
+    assert not [line for line in verified.stderr.splitlines() if line.startswith("Error")]
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     assert sr.PatientID == original.PatientID
     assert sr.SeriesInstanceUID != original.SeriesInstanceUID
@@ -129,10 +156,10 @@ def test_sr_returns_to_pacs_in_the_same_study(
     content = cast(hd.sr.MeasurementReport, report.content)
     (group,) = content.get_image_measurement_groups()
     assert group.get_measurements()[0].value == pytest.approx(finding.probability, abs=1e-6)
-    (stored,) = node.scalars(select(Report))
-    assert stored.sop_instance_uid == sr.SOPInstanceUID
-    (delivery,) = node.scalars(select(Delivery))
-    assert (delivery.outcome, delivery.status, delivery.attempt) == ("sent", 0, 1)
+    reports = {r.kind: r.sop_instance_uid for r in node.scalars(select(Report))}
+    assert reports == {"sr": sr.SOPInstanceUID, "sc": sc.SOPInstanceUID}
+    deliveries = node.scalars(select(Delivery))
+    assert [(d.outcome, d.status, d.attempt) for d in deliveries] == [("sent", 0, 1)] * 2
     flags = node.scalars(select(Flag))
     assert [flag.positive for flag in flags] == ([True] if result.positive else [])
     assert set(finding.timings_ms) >= {"decode", "preprocess", "infer"}

@@ -109,6 +109,14 @@ def record_attempt(session: Session, attempt: Attempt, started_at: datetime) -> 
     )
 
 
+def made_by_us(session: Session, sop_instance_uid: str) -> bool:
+    """Whether this SOP Instance UID is one of our reports (loop protection)."""
+    return (
+        session.scalar(select(Report.id).where(Report.sop_instance_uid == sop_instance_uid))
+        is not None
+    )
+
+
 def forwarded_by_us(session: Session, sop_instance_uid: str) -> bool:
     """Whether we forwarded this original to a destination (loop protection)."""
     return (

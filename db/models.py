@@ -199,6 +199,9 @@ class StudyResult(Base):
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
     device_uid: Mapped[str] = mapped_column(UID)
+    report_error: Mapped[str | None] = mapped_column(
+        String(512), doc="Why its reports could not be made, if so."
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -242,9 +242,3 @@ def fail_job(session: Session, job_id: int, error: str) -> None:
         .where(Job.id == job_id)
         .values(state=JobState.FAILED, failed_at=utcnow(), reason=error[:512])
     )
-
-
-def job_counts(session: Session) -> dict[str, int]:
-    """Number of jobs in each state."""
-    rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
-    return {str(state): int(count) for state, count in rows}

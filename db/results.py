@@ -128,10 +128,10 @@ def quiet_studies(session: Session, quiet_before: datetime, limit: int = 200) ->
     return list(rows)
 
 
-def add_result(session: Session, result: StudyResult) -> StudyResult:
-    session.add(result)
-    session.flush()
-    return result
+def record_report_error(session: Session, result_id: int, error: str) -> None:
+    session.execute(
+        update(StudyResult).where(StudyResult.id == result_id).values(report_error=error[:512])
+    )
 
 
 def apply_result_to_flag(session: Session, result: StudyResult, priority: str) -> Flag | None:

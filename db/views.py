@@ -134,14 +134,29 @@ def recent_failures(session: Session, limit: int = 20) -> list[Failure]:
         .order_by(Delivery.finished_at.desc())
         .limit(limit)
     )
-    items = [
-        Failure(f"job {job_id}", reason or "", at) for job_id, reason, at in jobs if at is not None
-    ] + [
-        Failure(
-            f"{kind} to {destination}",
-            f"status 0x{status:04X}" if status is not None else (error or ""),
-            at,
-        )
-        for destination, kind, status, error, at in deliveries
-    ]
+    results = session.execute(
+        select(StudyResult.id, StudyResult.report_error, StudyResult.created_at)
+        .where(StudyResult.report_error.is_not(None))
+        .order_by(StudyResult.created_at.desc())
+        .limit(limit)
+    )
+    items = (
+        [
+            Failure(f"job {job_id}", reason or "", at)
+            for job_id, reason, at in jobs
+            if at is not None
+        ]
+        + [
+            Failure(f"reports of result {result_id}", error or "", at)
+            for result_id, error, at in results
+        ]
+        + [
+            Failure(
+                f"{kind} to {destination}",
+                f"status 0x{status:04X}" if status is not None else (error or ""),
+                at,
+            )
+            for destination, kind, status, error, at in deliveries
+        ]
+    )
     return sorted(items, key=lambda item: item.at, reverse=True)[:limit]

@@ -22,12 +22,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import SelectionRules
-from db.exports import forwarded_by_us
+from db.exports import forwarded_by_us, made_by_us
 from db.repository import NewInstance, stored_versions
 from db.session import session_scope
 from dicom_gateway import spool
 from dicom_gateway.group_commit import GroupCommit
-from dicom_gateway.selection import skip_reason
+from dicom_gateway.selection import PRODUCED_BY_US, skip_reason
 from dicom_gateway.statuses import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicom_gateway.validation import ReceivedHeader, Refused, inspect_received
 
@@ -119,6 +119,7 @@ class Ingest:
             with session_scope(self._sessions) as session:
                 versions = stored_versions(session, header.sop_instance_uid)
                 forwarded = bool(versions) and forwarded_by_us(session, header.sop_instance_uid)
+                ours = reason is None and made_by_us(session, header.sop_instance_uid)
             if any(
                 spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
                 for _, path in versions
@@ -127,6 +128,8 @@ class Ingest:
                 return StoreResult(SUCCESS, duplicate=True)
             if forwarded:
                 reason = FORWARDED_BY_US
+            elif ours:
+                reason = PRODUCED_BY_US
             version = max((v for v, _ in versions), default=0) + 1
             relative = spool.relative_path(
                 header.study_instance_uid,

@@ -6,12 +6,13 @@ from core.config import PRODUCER_MANUFACTURER, SelectionRules
 from dicom_gateway.validation import ReceivedHeader
 
 SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+PRODUCED_BY_US = "produced by cxr-triage"
 
 
 def skip_reason(header: ReceivedHeader, rules: SelectionRules) -> str | None:
     """Why ``header``'s instance is not queued for inference, or None when it is."""
     if header.manufacturer == PRODUCER_MANUFACTURER:
-        return "produced by cxr-triage"
+        return PRODUCED_BY_US
     if not header.has_pixel_data:
         return "no pixel data"
     body_part = header.body_part_examined

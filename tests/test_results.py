@@ -23,7 +23,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from sqlalchemy import select
 
 from db.models import Delivery, Finding, Flag, FlagEvent, Job, Report, Study, StudyResult
-from tests.node import Node
+from tests.node import Node, storescu
 from tests.senders import association, send_raw
 from tests.servers import OrthancServer, free_port, wait_until
 
@@ -341,3 +341,35 @@ def test_routing_forwards_positive_studies_and_nothing_loops(
         assert len(node.scalars(select(StudyResult))) == 2
     finally:
         urgent.stop()
+
+
+def test_a_study_mixing_two_patients_gets_no_report_and_says_why(
+    embedded_node: Node, labelled_dicom_dir: Path, tmp_path: Path
+) -> None:
+    """Two patients under one Study Instance UID: the SR would be wrong, so none is made."""
+    study_uid = generate_uid()
+    images = [
+        with_study(labelled_dicom_dir / PNEUMONIA_IMAGE, tmp_path / "a.dcm", study_uid, "PAT-A"),
+        with_study(labelled_dicom_dir / NORMAL_IMAGE, tmp_path / "b.dcm", study_uid, "PAT-B"),
+    ]
+    node = embedded_node
+    node.configure(
+        {
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}
+            ]
+        }
+    )
+    with node.gateway(), node.worker():
+        assert storescu(node.dicom_port, *images).returncode == 0
+        wait_until(
+            lambda: (
+                [r.report_error for r in node.scalars(select(StudyResult))] != [None]
+                and len(node.scalars(select(StudyResult))) == 1
+            ),
+            120,
+            "the result with its report error",
+        )
+    (result,) = node.scalars(select(StudyResult))
+    assert result.report_error is not None and "PatientID" in result.report_error
+    assert node.scalars(select(Report)) == []

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 
 from celery import Task, shared_task
+from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import OperationalError
 
 from db.models import DeliveryOutcome, utcnow
-from db.results import quiet_studies
+from db.results import quiet_studies, record_report_error
 from db.session import session_scope
 from worker.celery_app import (
     DELIVER_TASK,
@@ -34,6 +35,9 @@ from worker.study import finalize
 LOGGER = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 5
+REPORT_ERRORS = (ValueError, FileNotFoundError, InvalidDicomError)
+"""Why a result's reports cannot be made from its images (for example images of two patients
+under one Study Instance UID): recorded on the result, not retried."""
 """Retries of a task whose database was unreachable."""
 
 
@@ -94,6 +98,11 @@ def report_result(self: Task, result_id: int) -> None:
         planned = plan_result(rt, result_id)
     except OperationalError as exc:
         raise _retry_later(self, exc) from exc
+    except REPORT_ERRORS as exc:  # the same data would fail again: record why, for operators
+        LOGGER.error("result %s: no reports: %s", result_id, exc)
+        with session_scope(rt.sessions) as session:
+            record_report_error(session, result_id, f"{type(exc).__name__}: {exc}")
+        return
     for item in planned:
         self.app.send_task(DELIVER_TASK, args=[item.kind, item.object_id, item.destination])
 

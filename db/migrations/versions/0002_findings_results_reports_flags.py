@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(length=64), nullable=False),
         sa.Column("model_version", sa.String(length=64), nullable=False),
         sa.Column("device_uid", sa.String(length=64), nullable=False),
+        sa.Column("report_error", sa.String(length=512), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["study_id"],

@@ -441,3 +441,51 @@ def test_disk_reserve_refuses_objects_then_associations(
     kept = spooled(embedded_node)
     assert len(kept) == len(stored)
     assert not list((small_spool / ".incoming").iterdir())
+
+
+def test_several_gateway_processes_share_the_port(
+    tmp_path: Path, postgres_url: str, labelled_dicom_dir: Path
+) -> None:
+    """Two receiving processes (SO_REUSEPORT) on PostgreSQL: concurrent senders are spread over
+    both, every object is stored once, and one SOP Instance UID sent by many senders at once gets
+    one row."""
+    node = Node(
+        home=tmp_path / "home",
+        database_url=postgres_url,
+        extra_env={"CXR_GATEWAY_PROCESSES": "2"},
+    )
+    node.migrate()
+    files = sorted(labelled_dicom_dir.glob("*_D_*.dcm"))  # uncompressed: one association each
+    same = files[0]
+    with node.gateway():
+        senders = [
+            subprocess.Popen(
+                [
+                    "storescu",
+                    "-xe",
+                    "-aet",
+                    f"SENDER{i}",
+                    "127.0.0.1",
+                    str(node.dicom_port),
+                    str(path),
+                    str(same),
+                ],
+                env={**os.environ, **DCMTK_ENV},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for i, path in enumerate(files * 2)
+        ]
+        assert [sender.wait(timeout=120) for sender in senders] == [0] * len(senders)
+    rows = node.query(select(Instance.sop_instance_uid, Instance.version))
+    assert sorted(rows) == sorted(
+        (dcmread(f, stop_before_pixels=True).SOPInstanceUID, 1) for f in files
+    )
+    pids = {
+        pid
+        for (pid,) in node.query(
+            select(Association.gateway_pid).where(Association.calling_ae_title.like("SENDER%"))
+        )
+    }
+    assert len(pids) == 2
+    node.close()

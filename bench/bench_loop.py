@@ -90,9 +90,19 @@ def send_at_rate(port: int, files: list[Path], rate: float) -> dict[str, float]:
 
     def send(path: Path) -> None:
         result = subprocess.run(
-            ["storescu", "-xi", "-aet", "MODALITY", "-aec", "CXR_TRIAGE", "127.0.0.1", str(port),
-             str(path)],
-            env={**os.environ, **DCMTK_ENV}, capture_output=True,
+            [
+                "storescu",
+                "-xi",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "CXR_TRIAGE",
+                "127.0.0.1",
+                str(port),
+                str(path),
+            ],
+            env={**os.environ, **DCMTK_ENV},
+            capture_output=True,
         )
         if result.returncode == 0:
             released[dcmread(path, stop_before_pixels=True).SOPInstanceUID] = time.time()
@@ -118,15 +128,21 @@ def delivered_at(node: Node) -> dict[str, float]:
         .join(Delivery, Delivery.report_id == Report.id)
         .where(Delivery.outcome == "sent")
     )
-    return {uid: finished.replace(tzinfo=UTC).timestamp() if finished.tzinfo is None
-            else finished.timestamp() for uid, finished in rows}
+    return {
+        uid: finished.replace(tzinfo=UTC).timestamp()
+        if finished.tzinfo is None
+        else finished.timestamp()
+        for uid, finished in rows
+    }
 
 
 def run(node: Node, work: Path, rate: float, seconds: float, drain: float) -> RunResult:
     files = make_studies(Path(tempfile.mkdtemp(dir=work)), int(rate * seconds))
     released = send_at_rate(node.dicom_port, files, rate)
     deadline = time.time() + drain
-    while time.time() < deadline and len(delivered_at(node).keys() & released.keys()) < len(released):
+    while time.time() < deadline and len(delivered_at(node).keys() & released.keys()) < len(
+        released
+    ):
         time.sleep(0.2)
     done = delivered_at(node)
     order = sorted(released, key=released.get)  # type: ignore[arg-type]
@@ -144,9 +160,12 @@ def main() -> None:
     parser.add_argument("--rates", default="10,20,30,40,50", help="studies per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="sending time per rate")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait after")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="inference worker processes")
+    parser.add_argument("--dicom-threads", type=int, default=8, help="dicom worker threads")
     parser.add_argument("--redis-url", help="an existing Redis (default: start one)")
-    parser.add_argument("--postgres-url", help="an existing PostgreSQL admin URL (default: start one)")
+    parser.add_argument(
+        "--postgres-url", help="an existing PostgreSQL admin URL (default: start one)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-loop-"))
@@ -165,26 +184,62 @@ def main() -> None:
             postgres.start()
             servers.append(postgres)
             admin_url = postgres.admin_url
-        node = Node(home=work / "home", database_url=create_database(admin_url),
-                    broker_url=redis_url,
-                    extra_env={"CXR_WORKER_CONCURRENCY": str(args.concurrency)})
+        node = Node(
+            home=work / "home", database_url=create_database(admin_url), broker_url=redis_url
+        )
         pacs = OrthancServer(work / "orthanc")
         pacs.start()
         servers.append(pacs)
-        node.configure({"destinations": [{"name": "pacs", "ae_title": "ORTHANC",
-                                          "host": "127.0.0.1", "port": pacs.dicom_port}]})
+        node.configure(
+            {
+                "destinations": [
+                    {
+                        "name": "pacs",
+                        "ae_title": "ORTHANC",
+                        "host": "127.0.0.1",
+                        "port": pacs.dicom_port,
+                    }
+                ]
+            }
+        )
         node.migrate()
-        print(f"cxr-triage loop: Redis + PostgreSQL, {args.concurrency} worker processes, "
-              f"{os.cpu_count()} CPUs, {args.seconds:.0f} s per rate")
-        print(f"{'studies/s':>9} {'sent':>5} {'SRs':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}  kept up")
-        with node.gateway(), node.worker():
+        print(
+            f"cxr-triage loop: Redis + PostgreSQL, {args.concurrency} inference processes, "
+            f"{args.dicom_threads} dicom threads, "
+            f"{os.cpu_count()} CPUs, {args.seconds:.0f} s per rate"
+        )
+        print(
+            f"{'studies/s':>9} {'sent':>5} {'SRs':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}  kept up"
+        )
+        with (
+            node.gateway(),
+            node.worker(
+                "--queues",
+                "inference",
+                "--concurrency",
+                str(args.concurrency),
+                name="inference-worker",
+            ),
+            node.worker(
+                "--queues",
+                "dicom",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(args.dicom_threads),
+                name="dicom-worker",
+            ),
+        ):
             run(node, work, 2, 3, args.drain)  # warm up: model loaded in every worker process
             for rate in (float(r) for r in args.rates.split(",")):
                 result = run(node, work, rate, args.seconds, args.drain)
                 lat = result.latencies or [float("nan")]
-                print(f"{rate:9.0f} {result.sent:5d} {result.delivered:5d} "
-                      f"{percentile(lat, 0.5):7.3f} {percentile(lat, 0.95):7.3f} {max(lat):7.3f}  "
-                      f"{'yes' if result.sustained else 'no'}", flush=True)
+                print(
+                    f"{rate:9.0f} {result.sent:5d} {result.delivered:5d} "
+                    f"{percentile(lat, 0.5):7.3f} {percentile(lat, 0.95):7.3f} {max(lat):7.3f}  "
+                    f"{'yes' if result.sustained else 'no'}",
+                    flush=True,
+                )
         node.close()
     finally:
         for server in reversed(servers):

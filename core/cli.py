@@ -17,6 +17,10 @@ from training.cli import evaluate, export, train
 
 LOGGER = logging.getLogger(__name__)
 
+DICOM_THREADS = 8
+"""Threads of the dicom-queue worker in `cxr-triage run`: building reports is light, and sending
+them mostly waits on the PACS."""
+
 
 @click.group()
 @click.pass_context
@@ -54,11 +58,18 @@ def gateway(settings: Settings) -> None:
 
 
 @cli.command()
-@click.option("--concurrency", type=int, default=None, help="Worker processes.")
+@click.option("--concurrency", type=int, default=None, help="Worker processes (or threads).")
 @click.option("--queues", default="inference,dicom", show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads"]),
+    default="prefork",
+    show_default=True,
+    help="threads suits the dicom queue alone: its tasks mostly wait on PACS.",
+)
 @click.option("--beat", is_flag=True, help="Also run the periodic tasks (one node only).")
 @click.pass_obj
-def worker(settings: Settings, concurrency: int | None, queues: str, beat: bool) -> None:
+def worker(settings: Settings, concurrency: int | None, queues: str, pool: str, beat: bool) -> None:
     """Run a Celery worker (same as `celery -A worker.celery_app worker`)."""
     from worker.celery_app import create_celery
 
@@ -67,6 +78,7 @@ def worker(settings: Settings, concurrency: int | None, queues: str, beat: bool)
         "worker",
         f"--loglevel={settings.log_level}",
         f"--queues={queues}",
+        f"--pool={pool}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--hostname=cxr@%h-{queues.replace(',', '-')}",
     ]
@@ -134,7 +146,20 @@ def run(settings: Settings) -> None:
 
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    roles = {"gateway": ["gateway"], "worker": ["worker", "--beat"], "web": ["web"]}
+    roles = {
+        "gateway": ["gateway"],
+        "inference worker": ["worker", "--queues", "inference", "--beat"],
+        "dicom worker": [
+            "worker",
+            "--queues",
+            "dicom",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(DICOM_THREADS),
+        ],
+        "web": ["web"],
+    }
     children = {
         role: subprocess.Popen([sys.executable, "-m", "core.cli", *argv])
         for role, argv in roles.items()

@@ -164,8 +164,8 @@ class Node:
         self.home.mkdir(parents=True, exist_ok=True)
         upgrade(self.database_url)
 
-    def process(self, role: str, *options: str) -> NodeProcess:
-        return NodeProcess(role, self.env(), self.home / f"{role}.log", list(options))
+    def process(self, role: str) -> NodeProcess:
+        return NodeProcess(role, self.env(), self.home / f"{role}.log")
 
     @contextlib.contextmanager
     def gateway(self, ready_aet: str = "READY") -> Iterator[NodeProcess]:
@@ -177,9 +177,10 @@ class Node:
             yield process
 
     @contextlib.contextmanager
-    def worker(self, beat: bool = False) -> Iterator[NodeProcess]:
-        process = self.process("worker", "--beat") if beat else self.process("worker")
-        with running(process, lambda: " ready." in process.log(), "worker ready") as started:
+    def worker(self, *options: str, name: str = "worker") -> Iterator[NodeProcess]:
+        """A worker with the given ``cxr-triage worker`` options; its log is ``<name>.log``."""
+        process = NodeProcess("worker", self.env(), self.home / f"{name}.log", list(options))
+        with running(process, lambda: " ready." in process.log(), f"{name} ready") as started:
             yield started
 
     @contextlib.contextmanager

@@ -267,7 +267,7 @@ def test_an_aborted_association_is_reported_only_once_the_study_is_quiet(
     node: Node, pacs: OrthancServer, labelled_dicom_dir: Path
 ) -> None:
     node.extra_env["CXR_STUDY_QUIET_SECONDS"] = "4"
-    with node.gateway(), node.worker(beat=True):
+    with node.gateway(), node.worker("--beat"):
         with association(node.dicom_port) as assoc:
             assert send_raw(assoc, labelled_dicom_dir / PNEUMONIA_IMAGE)[0] == 0
             assoc.abort()

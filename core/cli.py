@@ -71,8 +71,16 @@ def gateway(settings: Settings) -> None:
 @click.pass_obj
 def worker(settings: Settings, concurrency: int | None, queues: str, pool: str, beat: bool) -> None:
     """Run a Celery worker (same as `celery -A worker.celery_app worker`)."""
-    from worker.celery_app import create_celery
+    from worker.celery_app import INFERENCE_QUEUE, create_celery
+    from worker.model import ModelCard
 
+    if INFERENCE_QUEUE in queues.split(","):
+        try:
+            ModelCard.read(settings.model_path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise click.ClickException(
+                f"no usable model at {settings.model_path} (and its model_card.json): {exc}"
+            ) from exc
     app = create_celery(settings)
     argv = [
         "worker",

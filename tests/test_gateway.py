@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
+from pynetdicom import AE
 from sqlalchemy import select
 
 from db.models import Association, Instance, Job, Study
@@ -25,6 +27,7 @@ from dicom_gateway.statuses import (
     OUT_OF_RESOURCES,
     SUCCESS,
 )
+from dicom_gateway.store_scp import VERIFICATION_SOP_CLASS
 from dicom_gateway.store_scu import send_files
 from tests.node import DCMTK_ENV, Node, echo, storescu
 from tests.senders import (
@@ -383,8 +386,18 @@ def test_association_aborted_mid_transfer_leaves_no_partial_file(
 
 def test_association_limit_rejects_the_extra_association(embedded_node: Node) -> None:
     embedded_node.extra_env["CXR_MAX_ASSOCIATIONS"] = "1"
-    with embedded_node.gateway(), association(embedded_node.dicom_port):
-        assert echo(embedded_node.dicom_port, calling_ae_title="SECOND") is None
+    with embedded_node.gateway():
+        # The readiness check's association may still be closing: take the one slot when free.
+        ae = AE(ae_title="FIRST")
+        ae.add_requested_context(VERIFICATION_SOP_CLASS)
+        holder = ae.associate("127.0.0.1", embedded_node.dicom_port, ae_title="CXR_TRIAGE")
+        while not holder.is_established:
+            time.sleep(0.1)
+            holder = ae.associate("127.0.0.1", embedded_node.dicom_port, ae_title="CXR_TRIAGE")
+        try:
+            assert echo(embedded_node.dicom_port, calling_ae_title="SECOND") is None
+        finally:
+            holder.release()
     rows = embedded_node.query(
         select(Association.calling_ae_title, Association.outcome, Association.detail)
     )

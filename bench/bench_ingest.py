@@ -7,7 +7,7 @@ instances/s and MB/s (medians over the repeats) and the ratio of each receiver t
 in the same run.
 
 - ``cxr-triage``: the real gateway (`cxr-triage gateway`) on the embedded default or, with
-  ``--redis-url`` and ``--database-url``, on Redis and PostgreSQL: header checks, fsync, rename into
+  ``--redis-url`` and ``--postgres-url``, on Redis and PostgreSQL: header checks, fsync, rename into
   the spool, database row committed before each response, job published after the commit.
 - ``storescp``: DCMTK's storescp writing each object to a directory (no fsync, no database).
 - ``pynetdicom``: a bare pynetdicom listener that writes the received bytes to a file and answers.
@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import create_engine, text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.node import echo  # noqa: E402
-from tests.servers import free_port, port_open, wait_until  # noqa: E402
+from tests.servers import create_database, free_port, port_open, wait_until  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -132,16 +133,17 @@ def send(port: int, files: list[Path], senders: int) -> float:
                 *map(str, share),
             ],
             env=DCMTK_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for index, share in enumerate(shares)
         if share
     ]
-    failures = [p.communicate()[1] for p in processes if p.wait() != 0]
+    outputs = [process.communicate()[0] for process in processes]
     elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"storescu failed: {failures[0].decode()[-500:]}")
+    for process, output in zip(processes, outputs, strict=True):
+        if process.returncode != 0:
+            raise RuntimeError(f"storescu exited with {process.returncode}: {output[-500:]!r}")
     return elapsed
 
 
@@ -197,8 +199,8 @@ def gateway_factory(args: argparse.Namespace) -> Receiver:
             "CXR_DISK_RESERVE_MB": "256",
             "CXR_LOG_LEVEL": "WARNING",
         }
-        if args.database_url:
-            env["CXR_DATABASE_URL"] = args.database_url
+        if args.postgres_url:
+            env["CXR_DATABASE_URL"] = create_database(args.postgres_url)  # a fresh one per run
         if args.redis_url:
             env["CXR_BROKER_URL"] = args.redis_url
         cli = [sys.executable, "-m", "core.cli"]
@@ -212,9 +214,7 @@ def gateway_factory(args: argparse.Namespace) -> Receiver:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(args.database_url or f"sqlite:///{home / 'cxr-triage.db'}")
+        engine = create_engine(env.get("CXR_DATABASE_URL") or f"sqlite:///{home / 'cxr-triage.db'}")
 
         def stored() -> int:
             with engine.connect() as connection:
@@ -249,7 +249,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gateway-processes", type=int, default=1)
     parser.add_argument("--redis-url", help="broker for the gateway (default: embedded)")
-    parser.add_argument("--database-url", help="database for the gateway (default: SQLite)")
+    parser.add_argument(
+        "--postgres-url", help="a PostgreSQL server's admin URL (default: SQLite in the home)"
+    )
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench-files"
     )
@@ -263,14 +265,17 @@ def main() -> None:
     print(
         f"senders={args.senders} repeats={args.repeats} "
         f"gateway_processes={args.gateway_processes} "
-        f"database={'PostgreSQL' if args.database_url else 'SQLite'} "
+        f"database={'PostgreSQL' if args.postgres_url else 'SQLite'} "
         f"broker={'Redis' if args.redis_url else 'embedded'}"
     )
     for files in file_sets(args.cache):
         rates: dict[str, list[float]] = {name: [] for name in receivers}
         for _ in range(args.repeats):
             for name, receiver in receivers.items():
-                rates[name].append(measure(receiver, files, args.senders))
+                try:
+                    rates[name].append(measure(receiver, files, args.senders))
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{name}, {files.name}: {exc}") from exc
         reference = statistics.median(rates["storescp"])
         print(f"\n{files.name}: {files.count} files, {files.megabytes:.0f} MB")
         print(f"{'receiver':<12} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}   runs (inst/s)")

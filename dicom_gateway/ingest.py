@@ -123,6 +123,7 @@ class Ingest:
             if any(
                 spool.same_data_set(received, header.dataset_offset, self.spool_dir / path)
                 for _, path in versions
+                if (self.spool_dir / path).is_file()  # a stored version removed from the spool
             ):
                 LOGGER.info("identical copy of %s acknowledged", header.sop_instance_uid)
                 return StoreResult(SUCCESS, duplicate=True)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,15 +244,19 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def receive_into(incoming: Path) -> None:
-    """Have pynetdicom write incoming data sets to files in ``incoming``, not to memory.
+def receive_into(incoming: Path) -> Path:
+    """Have pynetdicom write incoming data sets to files in this process's own directory under
+    ``incoming``, not to memory; returns that directory.
 
     pynetdicom creates them with ``tempfile``; pointing ``tempfile`` at the spool's file system
     makes the later rename atomic. The gateway process runs nothing else that uses ``tempfile``.
+    Each process has its own directory so that one starting up never touches another's transfers.
     """
-    incoming.mkdir(parents=True, exist_ok=True)
+    own = incoming / str(os.getpid())
+    own.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(incoming)
+    tempfile.tempdir = str(own)
+    return own
 
 
 def discard_partial_dataset(assoc: Any) -> None:
@@ -268,18 +272,25 @@ def discard_partial_dataset(assoc: Any) -> None:
         Path(partial.name).unlink(missing_ok=True)
 
 
-def remove_partial_files(incoming: Path, older_than_seconds: float) -> int:
-    """Delete data sets left half-received by aborted associations; none was acknowledged."""
+def remove_dead_transfers(incoming: Path) -> int:
+    """Delete what gateway processes that no longer run left half-received; none of it was
+    acknowledged. Returns how many directories went."""
     removed = 0
-    cutoff = time.time() - older_than_seconds
-    for path in incoming.iterdir():
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue
+    for directory in incoming.iterdir():
+        if directory.name.isdigit() and not _running(int(directory.name)):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed += 1
     return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Gateway:
@@ -287,7 +298,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
         self.settings = settings
-        receive_into(settings.incoming_dir)
+        self.incoming = receive_into(settings.incoming_dir)
         self.engine = make_engine(settings.resolved_database_url)
         sessions = make_session_factory(self.engine)
         celery = create_celery(settings)
@@ -323,7 +334,7 @@ class Gateway:
 
     def start(self) -> ThreadedAssociationServer:
         """Start listening in a background thread; returns the server (its port is bound)."""
-        remove_partial_files(self.settings.incoming_dir, older_than_seconds=0)
+        remove_dead_transfers(self.settings.incoming_dir)
         self.dispatcher.start()
         self.server = self.ae.make_server(
             (self.settings.dicom_host, self.settings.dicom_port),
@@ -345,6 +356,7 @@ class Gateway:
     def stop(self) -> None:
         self.ae.shutdown()
         self.ingest.stop()
+        shutil.rmtree(self.incoming, ignore_errors=True)
         self.dispatcher.stop()
         self.engine.dispose()
 

@@ -27,7 +27,7 @@ from dicom_gateway.statuses import (
     OUT_OF_RESOURCES,
     SUCCESS,
 )
-from dicom_gateway.store_scp import VERIFICATION_SOP_CLASS
+from dicom_gateway.store_scp import VERIFICATION_SOP_CLASS, remove_dead_transfers
 from dicom_gateway.store_scu import send_files
 from tests.node import DCMTK_ENV, Node, echo, storescu
 from tests.senders import (
@@ -67,6 +67,11 @@ def spooled(node: Node) -> dict[str, Path]:
     """Stored files by SOP Instance UID (first version)."""
     rows = node.query(select(Instance.sop_instance_uid, Instance.path).where(Instance.version == 1))
     return {uid: node.spool / path for uid, path in rows}
+
+
+def partial_files(spool: Path) -> list[Path]:
+    """Files being received (or left half-received) in the gateway processes' directories."""
+    return [path for path in (spool / ".incoming").rglob("*") if path.is_file()]
 
 
 def sha256(path: Path) -> str:
@@ -309,7 +314,7 @@ def test_bad_input_gets_its_status_and_loses_nothing(
     after = spooled(embedded_node)
     assert {uid: sha256(after[uid]) for uid in before} == before
     assert len(after) == 4
-    assert not list((embedded_node.spool / ".incoming").iterdir())
+    assert not partial_files(embedded_node.spool)
     assert not (tmp_path.parent / "tmp").exists() and not Path("/tmp/evil").exists()
     stored_files = [p for p in embedded_node.spool.glob("[0-9]*/*/*") if p.is_file()]
     assert len(stored_files) == 4 and all(p.suffix == ".dcm" for p in stored_files)
@@ -339,7 +344,6 @@ def test_association_aborted_mid_transfer_leaves_no_partial_file(
 ) -> None:
     """A sender killed in the middle of a large object: nothing half-written, listener serves."""
     large = write_unchecked(chest_dx(rows=4096, columns=4096), tmp_path / "large.dcm")  # 16 MiB
-    incoming = embedded_node.spool / ".incoming"
     with embedded_node.gateway() as gateway:
         port = embedded_node.dicom_port
         assert storescu(port, labelled_dicom_dir / "003_D_CR_normal.dcm").returncode == 0
@@ -360,13 +364,13 @@ def test_association_aborted_mid_transfer_leaves_no_partial_file(
             stderr=subprocess.DEVNULL,
         )
         wait_until(
-            lambda: sender.poll() is not None or any(incoming.iterdir()),
+            lambda: sender.poll() is not None or bool(partial_files(embedded_node.spool)),
             30,
             "the transfer to start",
         )
         sender.kill()
         sender.wait()
-        wait_until(lambda: not any(incoming.iterdir()), 10, "the partial file to be removed")
+        wait_until(lambda: not partial_files(embedded_node.spool), 10, "the partial file to go")
         wait_until(
             lambda: (
                 embedded_node.scalars(
@@ -453,7 +457,7 @@ def test_disk_reserve_refuses_objects_then_associations(
     assert ("LATECOMER", "rejected", "free disk space below the reserve") in rows
     kept = spooled(embedded_node)
     assert len(kept) == len(stored)
-    assert not list((small_spool / ".incoming").iterdir())
+    assert not partial_files(small_spool)
 
 
 def test_several_gateway_processes_share_the_port(
@@ -502,3 +506,22 @@ def test_several_gateway_processes_share_the_port(
     }
     assert len(pids) == 2
     node.close()
+
+
+def test_a_gateway_starting_removes_only_dead_processes_transfers(tmp_path: Path) -> None:
+    """A gateway process starting (a restart, or CXR_GATEWAY_PROCESSES > 1) cleans up what dead
+    processes left half-received, never what a running one is receiving."""
+    incoming = tmp_path / ".incoming"
+    alive = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (alive.pid, dead.pid, os.getpid()):
+        (incoming / str(pid)).mkdir(parents=True)
+        (incoming / str(pid) / "tmp1234.dcm").write_bytes(b"half a data set")
+    try:
+        assert remove_dead_transfers(incoming) == 1
+        assert sorted(p.name for p in incoming.iterdir()) == sorted(
+            [str(alive.pid), str(os.getpid())]
+        )
+    finally:
+        alive.kill()

@@ -38,6 +38,8 @@ def plot_history(histories: Mapping[str, History], out_dir: Path) -> list[Path]:
                 )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        if metric == "loss":
+            ax.set_yscale("log")  # early validation spikes of batch-norm models dwarf the rest
         ax.set_title(f"{metric} per epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

@@ -234,9 +234,13 @@ def test_committed_model_meets_the_worker_contract() -> None:
 
 
 @pytest.mark.slow
-def test_committed_model_reproduces_its_card(chest_xray_dir: Path, tmp_path: Path) -> None:
+def test_committed_model_reproduces_its_card(
+    chest_xray_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`cxr-triage evaluate` on the committed model gives the card's (and README's) test figures."""
     from core.settings import BUNDLED_MODEL
+
+    monkeypatch.delenv("CXR_MODEL_PATH", raising=False)  # --model defaults to the bundled model
 
     card = json.loads((BUNDLED_MODEL.parent / "model_card.json").read_text())
     _invoke("evaluate", "--data", str(chest_xray_dir), "--split", "test", "--out",

@@ -38,8 +38,9 @@ CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.json"
 MANIFEST_NAME = "split.csv"
 RUN_CHECKPOINT = "best.keras"
+EXPORTED_MODEL = "cxr_pneumonia.keras"
 VALIDATION_DIR = "validation"
-MODEL_FILES = (RUN_CHECKPOINT, "cxr_pneumonia.keras")
+MODEL_FILES = (RUN_CHECKPOINT, EXPORTED_MODEL)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from training.config import TrainConfig
 from training.data import label_array, load_images
 from training.evaluate import (
     CARD_NAME,
+    EXPORTED_MODEL,
     HISTORY_NAME,
     MANIFEST_NAME,
     RUN_CHECKPOINT,
@@ -34,7 +35,6 @@ from training.train import operating_threshold
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "cxr_pneumonia.keras"
 PREPROCESSING = (
     "core.preprocess.to_model_input(display, input_size): the display image in [0, 1] "
     "(0 black; display_from_dicom for DICOM, display_from_8bit for 8-bit images) stretched "
@@ -81,7 +81,7 @@ def export(
     p_test = predict_probabilities(model, x_test, desc="test")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_file = out_dir / MODEL_NAME
+    model_file = out_dir / EXPORTED_MODEL
     model.save(model_file)
     reloaded = keras.saving.load_model(model_file)
     difference = float(np.max(np.abs(reloaded.predict_on_batch(x_val[:64]) - model(x_val[:64]))))

@@ -97,8 +97,11 @@ def create_celery(settings: Settings) -> Celery:
         },
         beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost a broker message per task state; Flower can turn them on when it
+        # watches (``celery -A worker.celery_app control enable_events``). The history that
+        # matters is in the database.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
     )
     app.conf.cxr_settings = settings
     return app

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,6 @@ from tests.servers import (  # noqa: E402
     RedisServer,
     create_database,
     free_port,
-    wait_until,
 )
 
 SOURCE = REPO_ROOT.parent / "shared" / "data" / "dicom" / "nih_dx_chest_implicit_vr.dcm"
@@ -152,7 +151,7 @@ def run(node: Node, work: Path, rate: float, seconds: float, drain: float) -> Ru
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -209,7 +208,8 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, {args.seconds:.0f} s per rate"
         )
         print(
-            f"{'studies/s':>9} {'sent':>5} {'SRs':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}  kept up"
+            f"{'studies/s':>9} {'sent':>5} {'SRs':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
+            "  kept up"
         )
         with (
             node.gateway(),

@@ -44,8 +44,9 @@ def test_dicoms_score_like_their_training_jpegs(
     model_path = Settings().model_path
     card = ModelCard.read(model_path)
     model = keras.saving.load_model(model_path, compile=False)
-    jpegs = np.stack([preprocess_file(chest_xray_dir / row["source_jpeg"], card.input_size)
-                      for row in rows])
+    jpegs = np.stack(
+        [preprocess_file(chest_xray_dir / row["source_jpeg"], card.input_size) for row in rows]
+    )
     trained = predict_probabilities(model, jpegs, desc="jpegs")
 
     gaps = []

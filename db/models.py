@@ -109,6 +109,11 @@ class Study(Base):
     released_at: Mapped[datetime | None] = mapped_column(
         doc="When an association carrying the study was last released cleanly."
     )
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(194))
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 

@@ -6,11 +6,11 @@ processes racing for the same job cannot both win.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,6 +24,19 @@ from db.models import (
     Study,
     utcnow,
 )
+
+
+@dataclass(frozen=True)
+class StudyIdentity:
+    """How a reader finds the study in PACS: the Patient (PS3.3 C.7.1.1) and General Study
+    (PS3.3 C.7.2.1) attributes of the images as received, for the worklist."""
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    """DA, YYYYMMDD (PS3.5 6.2)."""
+    study_description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class NewInstance:
     view_position: str | None
     association_id: int | None
     skip_reason: str | None
+    study: StudyIdentity = StudyIdentity()
 
 
 def open_association(
@@ -103,16 +117,28 @@ def stored_versions(session: Session, sop_instance_uid: str) -> list[tuple[int, 
     return [(version, path) for version, path in rows]
 
 
-def _upsert_study(session: Session, study_instance_uid: str, now: datetime) -> int:
-    """The study's id, inserting it when new; either way its last_received_at becomes ``now``."""
+def _upsert_study(
+    session: Session, study_instance_uid: str, identity: StudyIdentity, now: datetime
+) -> int:
+    """The study's id, inserting it when new; either way its last_received_at becomes ``now``
+    and each identifying attribute the newest image carries replaces the stored one."""
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(Study).values(
-        study_instance_uid=study_instance_uid, first_received_at=now, last_received_at=now
+        study_instance_uid=study_instance_uid,
+        first_received_at=now,
+        last_received_at=now,
+        **asdict(identity),
     )
     statement = statement.on_conflict_do_update(
         index_elements=[Study.study_instance_uid],
-        set_={"last_received_at": statement.excluded.last_received_at},
+        set_={
+            "last_received_at": statement.excluded.last_received_at,
+            **{
+                name: func.coalesce(getattr(statement.excluded, name), getattr(Study, name))
+                for name in asdict(identity)
+            },
+        },
     )
     return int(session.execute(statement.returning(Study.id)).scalar_one())
 
@@ -128,7 +154,7 @@ def add_instance(session: Session, new: NewInstance) -> tuple[int, int]:
     instance_id = session.execute(
         insert(Instance)
         .values(
-            study_id=_upsert_study(session, new.study_instance_uid, now),
+            study_id=_upsert_study(session, new.study_instance_uid, new.study, now),
             association_id=new.association_id,
             series_instance_uid=new.series_instance_uid,
             sop_instance_uid=new.sop_instance_uid,

@@ -28,6 +28,11 @@ from db.models import (
 class WorklistRow:
     study_id: int
     study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    patient_name: str | None
+    study_date: str | None
+    study_description: str | None
     last_received_at: datetime
     instances: int
     result_version: int | None
@@ -72,6 +77,11 @@ def worklist(
         WorklistRow(
             study_id=study.id,
             study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            patient_id=study.patient_id,
+            patient_name=study.patient_name,
+            study_date=study.study_date,
+            study_description=study.study_description,
             last_received_at=study.last_received_at,
             instances=int(count),
             result_version=result.version if result else None,

@@ -155,6 +155,7 @@ class Ingest:
                     view_position=header.view_position,
                     association_id=association_id,
                     skip_reason=reason,
+                    study=header.study,
                 )
             )
         if version > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from db.repository import StudyIdentity
 from dicom_gateway.statuses import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -63,6 +64,7 @@ class ReceivedHeader:
     has_pixel_data: bool
     dataset_offset: int
     """Where the data set starts in the file, after the File Meta Information."""
+    study: StudyIdentity = field(default_factory=StudyIdentity)
 
 
 def is_valid_uid(value: str) -> bool:
@@ -80,6 +82,24 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip().upper() or None
+
+
+def _as_received(ds: Dataset, keyword: str, max_length: int) -> str | None:
+    """A text value as sent (case kept), cut to its VR's maximum length (PS3.5 6.2) so that a
+    non-conformant sender cannot make the database refuse the row."""
+    value = str(ds.get(keyword, "") or "").strip()
+    return value[:max_length] or None
+
+
+def study_identity(ds: Dataset) -> StudyIdentity:
+    """The Patient and General Study attributes a reader finds the study by."""
+    return StudyIdentity(
+        patient_id=_as_received(ds, "PatientID", 64),
+        patient_name=_as_received(ds, "PatientName", 194),
+        accession_number=_as_received(ds, "AccessionNumber", 16),
+        study_date=_as_received(ds, "StudyDate", 8),
+        study_description=_as_received(ds, "StudyDescription", 64),
+    )
 
 
 def _required_uid(ds: Dataset, keyword: str) -> str:
@@ -285,4 +305,5 @@ def _header_from(
         manufacturer=str(ds.get("Manufacturer", "") or "").strip() or None,
         has_pixel_data=has_pixel_data,
         dataset_offset=dataset_offset,
+        study=study_identity(ds),
     )

@@ -75,6 +75,10 @@ def test_worklist_shows_every_study_and_a_reader_acknowledges_a_flag(
         assert "flag-new" in flagged.get_attribute("class")
         assert "pneumonia suspected" in flagged.text
         assert "no pneumonia" in rows[0].text
+        # A reader finds the study in PACS by accession number and patient, as sent.
+        assert flagged.find_element(By.CSS_SELECTOR, ".accession").text == "KER00015"
+        assert flagged.find_element(By.CSS_SELECTOR, ".patient").text == "Anon 015 (person630)"
+        assert flagged.find_element(By.CSS_SELECTOR, ".study").text == "2026-12-04 XR CHEST"
 
         browser.find_element(By.ID, "reader").send_keys("Dr Reader")
         flagged.find_element(By.CSS_SELECTOR, "button[data-action=acknowledge]").click()
@@ -88,6 +92,11 @@ def test_worklist_shows_every_study_and_a_reader_acknowledges_a_flag(
         assert "done: 2" in browser.find_element(By.ID, "jobs").text
         assert "sent" not in browser.find_element(By.ID, "deliveries").text  # no destination
         assert "STORESCU" in browser.find_element(By.ID, "associations").text
+
+        (listed,) = [
+            row for row in get_json(f"{url}/api/worklist") if row["accession_number"] == "KER00003"
+        ]
+        assert (listed["patient_id"], listed["positive"]) == ("IM-0754", False)
 
         health = get_json(f"{url}/healthz")
         assert health == {"status": "ok", "database": "ok", "broker": "ok"}

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydicom.uid import PYDICOM_ROOT_UID
 
 BUNDLED_MODEL = (
     Path(__file__).resolve().parent.parent / "training" / "model" / "cxr_pneumonia.keras"
@@ -35,6 +36,15 @@ class Settings(BaseSettings):
     dataset_dir: Path | None = Field(None, description="Kaggle-layout dataset for train/evaluate.")
 
     ae_title: str = Field("CXR_TRIAGE", max_length=16, description="Our AE title.")
+    uid_root: str = Field(
+        PYDICOM_ROOT_UID,
+        max_length=40,
+        pattern=r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$",
+        description=(
+            "Root of the UIDs we create (report series and instances, tracking UIDs, the model's "
+            "device UID), ending in a dot: the organisation's registered root (PS3.5 9)."
+        ),
+    )
     dicom_host: str = Field("0.0.0.0", description="Address the Storage SCP listens on.")
     dicom_port: int = Field(11112, description="Port the Storage SCP listens on.")
     http_host: str = Field("127.0.0.1", description="Address the web API and pages listen on.")

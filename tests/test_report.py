@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
-from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, ImplicitVRLittleEndian, generate_uid
 
 from core.config import PRODUCER_MANUFACTURER
 from core.preprocess import display_from_dicom
@@ -223,6 +223,16 @@ def test_revised_report_references_its_predecessor(study: list[Dataset], tmp_pat
         == _report(first).get_image_measurement_groups()[0].tracking_uid
     )
     assert dciodvfy(revised, tmp_path)[0] == []
+
+
+def test_the_tracking_uid_is_under_the_sites_root(study: list[Dataset]) -> None:
+    site = build_sr(study, POSITIVE, MODEL, **_new_uids(), uid_root="1.2.840.99999.")
+    default = build_sr(study, POSITIVE, MODEL, **_new_uids())
+    site_uid = _report(site).get_image_measurement_groups()[0].tracking_uid
+    default_uid = _report(default).get_image_measurement_groups()[0].tracking_uid
+    assert site_uid.startswith("1.2.840.99999.")
+    assert default_uid.startswith(PYDICOM_ROOT_UID)
+    assert site_uid.removeprefix("1.2.840.99999.") != default_uid.removeprefix(PYDICOM_ROOT_UID)
 
 
 @pytest.mark.parametrize("probability", [-0.01, 1.01, float("nan"), float("inf")])

@@ -31,6 +31,8 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 PNEUMONIA_IMAGE = "015_D_CR_pneumonia.dcm"
 NORMAL_IMAGE = "003_D_CR_normal.dcm"
+SITE_UID_ROOT = "1.2.840.99999."
+"""A UID root of our own, as a site configures it (CXR_UID_ROOT)."""
 
 
 def srs_in(pacs: OrthancServer, study_instance_uid: str) -> list[Any]:
@@ -116,6 +118,7 @@ def test_sr_returns_to_pacs_in_the_same_study(
             ]
         }
     )
+    node.extra_env["CXR_UID_ROOT"] = SITE_UID_ROOT
     source = labelled_dicom_dir / PNEUMONIA_IMAGE
     original = dcmread(source, stop_before_pixels=True)
     orthanc_id = pacs.upload(source)
@@ -158,6 +161,8 @@ def test_sr_returns_to_pacs_in_the_same_study(
     assert group.get_measurements()[0].value == pytest.approx(finding.probability, abs=1e-6)
     reports = {r.kind: r.sop_instance_uid for r in node.scalars(select(Report))}
     assert reports == {"sr": sr.SOPInstanceUID, "sc": sc.SOPInstanceUID}
+    created = (sr.SOPInstanceUID, sr.SeriesInstanceUID, sc.SOPInstanceUID, sc.SeriesInstanceUID)
+    assert all(uid.startswith(SITE_UID_ROOT) for uid in created)
     deliveries = node.scalars(select(Delivery))
     assert [(d.outcome, d.status, d.attempt) for d in deliveries] == [("sent", 0, 1)] * 2
     flags = node.scalars(select(Flag))

@@ -183,7 +183,13 @@ def export(
 
     target = out_dir or ctx.obj.model_path.parent
     card = run_export(
-        run_dirs, _dataset(ctx.obj, data_dir), target, version, _command_line(ctx), cache_dir
+        run_dirs,
+        _dataset(ctx.obj, data_dir),
+        target,
+        version,
+        _command_line(ctx),
+        cache_dir,
+        uid_root=ctx.obj.uid_root,
     )
     test = card["metrics"]["test"]
     click.echo(

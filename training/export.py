@@ -55,6 +55,7 @@ def export(
     command: str,
     cache_dir: Path | None = None,
     name: str = "cxr-triage-pneumonia",
+    uid_root: str = pydicom.uid.PYDICOM_ROOT_UID,
 ) -> dict[str, Any]:
     """Write ``cxr_pneumonia.keras``, ``model_card.json`` and ``history.json`` to ``out_dir``."""
     runs = [_read_run(run_dir) for run_dir in run_dirs]
@@ -96,7 +97,7 @@ def export(
     card = {
         "name": name,
         "version": version,
-        "device_uid": str(pydicom.uid.generate_uid()),
+        "device_uid": str(pydicom.uid.generate_uid(uid_root)),
         "input_size": size,
         "preprocessing": PREPROCESSING,
         "classes": list(CLASSES),

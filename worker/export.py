@@ -117,8 +117,9 @@ def _ensure_report(
         result.model_name, result.model_version, result.device_uid, result.threshold
     )
     finding = StudyFinding(result.probability, result.positive)
-    series_uid = previous.series_instance_uid if previous is not None else generate_uid()
-    sop_uid = generate_uid()
+    root = rt.settings.uid_root
+    series_uid = previous.series_instance_uid if previous is not None else generate_uid(root)
+    sop_uid = generate_uid(root)
     if kind is ReportKind.SR:
         previous_ds = dcmread(rt.settings.home / previous.path) if previous is not None else None
         dataset: Dataset = build_sr(
@@ -130,6 +131,7 @@ def _ensure_report(
             sop_instance_uid=sop_uid,
             instance_number=result.version,
             previous=previous_ds,
+            uid_root=root,
         )
     else:
         dataset = _secondary_capture(rt, result, instances, finding, model, series_uid, sop_uid)

@@ -25,7 +25,7 @@ from pydicom import DataElement, Dataset, config
 from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
 from core.config import PRODUCER_MANUFACTURER
@@ -214,7 +214,7 @@ def _disclaimer(finding: StudyFinding, model: ModelIdentity) -> str:
     )
 
 
-def _tracking_uid(study_instance_uid: str) -> str:
+def _tracking_uid(study_instance_uid: str, uid_root: str) -> str:
     """Tracking Unique Identifier (TID 4108) of the study's pneumonia finding.
 
     Derived from the study, not random: every revision of the study's report tracks the same
@@ -222,7 +222,8 @@ def _tracking_uid(study_instance_uid: str) -> str:
     """
     return str(
         generate_uid(
-            entropy_srcs=[study_instance_uid, PNEUMONIA.value, PNEUMONIA.scheme_designator]
+            uid_root,
+            entropy_srcs=[study_instance_uid, PNEUMONIA.value, PNEUMONIA.scheme_designator],
         )
     )
 
@@ -237,13 +238,14 @@ def build_sr(
     sop_instance_uid: str,
     instance_number: int,
     previous: Dataset | None = None,
+    uid_root: str = PYDICOM_ROOT_UID,
 ) -> hd.sr.Comprehensive3DSR:
     """The study's result as a Comprehensive 3D SR with a TID 1500 Measurement Report.
 
     ``sources`` are the images the result was computed from, all of one study (headers suffice:
     they may have been read with ``stop_before_pixels=True``). ``previous`` is the report this one
     revises; it is referenced in the Predecessor Documents Sequence (SR Document General
-    Module, PS3.3 C.17.2).
+    Module, PS3.3 C.17.2). ``uid_root`` roots the tracking UID.
 
     Content tree (PS3.16):
 
@@ -289,7 +291,7 @@ def build_sr(
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=_tracking_uid(study_instance_uid), identifier=TRACKING_IDENTIFIER
+            uid=_tracking_uid(study_instance_uid, uid_root), identifier=TRACKING_IDENTIFIER
         ),
         finding_type=PNEUMONIA,
         algorithm_id=algorithm,

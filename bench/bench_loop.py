@@ -189,18 +189,7 @@ def main() -> None:
         pacs = OrthancServer(work / "orthanc")
         pacs.start()
         servers.append(pacs)
-        node.configure(
-            {
-                "destinations": [
-                    {
-                        "name": "pacs",
-                        "ae_title": "ORTHANC",
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                    }
-                ]
-            }
-        )
+        node.configure({"destinations": [pacs.destination("pacs")]})
         node.migrate()
         print(
             f"cxr-triage loop: Redis + PostgreSQL, {args.concurrency} inference processes, "

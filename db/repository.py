@@ -124,11 +124,12 @@ def _upsert_study(
     and each identifying attribute the newest image carries replaces the stored one."""
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    attributes = asdict(identity)
     statement = insert(Study).values(
         study_instance_uid=study_instance_uid,
         first_received_at=now,
         last_received_at=now,
-        **asdict(identity),
+        **attributes,
     )
     statement = statement.on_conflict_do_update(
         index_elements=[Study.study_instance_uid],
@@ -136,7 +137,7 @@ def _upsert_study(
             "last_received_at": statement.excluded.last_received_at,
             **{
                 name: func.coalesce(getattr(statement.excluded, name), getattr(Study, name))
-                for name in asdict(identity)
+                for name in attributes
             },
         },
     )

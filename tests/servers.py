@@ -257,6 +257,17 @@ class OrthancServer:
     dicom_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
+    def destination(self, name: str, outputs: list[str] | None = None) -> dict[str, Any]:
+        """This server as a destination in a node's ``CXR_CONFIG`` (the config's default outputs
+        unless ``outputs`` is given)."""
+        entry: dict[str, Any] = {
+            "name": name,
+            "ae_title": self.ae_title,
+            "host": "127.0.0.1",
+            "port": self.dicom_port,
+        }
+        return entry if outputs is None else {**entry, "outputs": outputs}
+
     def start(self) -> None:
         binary = _require_binary("Orthanc", "orthanc")
         self.directory.mkdir(parents=True, exist_ok=True)

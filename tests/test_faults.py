@@ -21,7 +21,7 @@ from tests.servers import RedisServer, wait_until
 def queued_job_ids(redis_url: str, queue: str = "inference") -> list[int]:
     """Job ids in the Celery messages (micro-batches) waiting in a Redis queue."""
     client = redis.Redis.from_url(redis_url)
-    ids = []
+    ids: list[int] = []
     for raw in client.lrange(queue, 0, -1):
         message = json.loads(raw)
         args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))

@@ -228,8 +228,8 @@ def test_revised_report_references_its_predecessor(study: list[Dataset], tmp_pat
 def test_the_tracking_uid_is_under_the_sites_root(study: list[Dataset]) -> None:
     site = build_sr(study, POSITIVE, MODEL, **_new_uids(), uid_root="1.2.840.99999.")
     default = build_sr(study, POSITIVE, MODEL, **_new_uids())
-    site_uid = _report(site).get_image_measurement_groups()[0].tracking_uid
-    default_uid = _report(default).get_image_measurement_groups()[0].tracking_uid
+    site_uid = str(_report(site).get_image_measurement_groups()[0].tracking_uid)
+    default_uid = str(_report(default).get_image_measurement_groups()[0].tracking_uid)
     assert site_uid.startswith("1.2.840.99999.")
     assert default_uid.startswith(PYDICOM_ROOT_UID)
     assert site_uid.removeprefix("1.2.840.99999.") != default_uid.removeprefix(PYDICOM_ROOT_UID)

@@ -58,15 +58,7 @@ def pacs(tmp_path: Path, node: Node) -> Iterator[OrthancServer]:
     server.start()
     node.configure(
         {
-            "destinations": [
-                {
-                    "name": "pacs",
-                    "ae_title": "ORTHANC",
-                    "host": "127.0.0.1",
-                    "port": server.dicom_port,
-                    "outputs": ["sr"],
-                }
-            ],
+            "destinations": [server.destination("pacs", outputs=["sr"])],
             "delivery": {"backoff_seconds": 0.5, "max_attempts": 12, "timeout_seconds": 10},
         }
     )
@@ -105,19 +97,7 @@ def with_study(source: Path, target: Path, study_instance_uid: str, patient_id: 
 def test_sr_returns_to_pacs_in_the_same_study(
     node: Node, pacs: OrthancServer, labelled_dicom_dir: Path, tmp_path: Path
 ) -> None:
-    node.configure(
-        {
-            "destinations": [
-                {
-                    "name": "pacs",
-                    "ae_title": "ORTHANC",
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "outputs": ["sr", "sc"],
-                }
-            ]
-        }
-    )
+    node.configure({"destinations": [pacs.destination("pacs", outputs=["sr", "sc"])]})
     node.extra_env["CXR_UID_ROOT"] = SITE_UID_ROOT
     source = labelled_dicom_dir / PNEUMONIA_IMAGE
     original = dcmread(source, stop_before_pixels=True)
@@ -204,12 +184,7 @@ def test_a_destination_that_rejects_gets_a_failed_delivery_with_its_status(
         node.configure(
             {
                 "destinations": [
-                    {
-                        "name": "pacs",
-                        "ae_title": "ORTHANC",
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                    },
+                    pacs.destination("pacs"),
                     {"name": "picky", "ae_title": "PICKY", "host": "127.0.0.1", "port": port},
                 ],
                 "delivery": {"backoff_seconds": 0.5, "max_attempts": 5},
@@ -298,19 +273,8 @@ def test_routing_forwards_positive_studies_and_nothing_loops(
         node.configure(
             {
                 "destinations": [
-                    {
-                        "name": "pacs",
-                        "ae_title": "ORTHANC",
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                    },
-                    {
-                        "name": "urgent",
-                        "ae_title": "URGENT",
-                        "host": "127.0.0.1",
-                        "port": urgent.dicom_port,
-                        "outputs": [],
-                    },
+                    pacs.destination("pacs"),
+                    urgent.destination("urgent", outputs=[]),
                 ],
                 "routing": [
                     {

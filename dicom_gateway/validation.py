@@ -77,18 +77,17 @@ def is_image_sop_class(sop_class_uid: str) -> bool:
     return "Image Storage" in UID(sop_class_uid).name
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    return str(value).strip().upper() or None
-
-
 def _as_received(ds: Dataset, keyword: str, max_length: int) -> str | None:
     """A text value as sent (case kept), cut to its VR's maximum length (PS3.5 6.2) so that a
     non-conformant sender cannot make the database refuse the row."""
     value = str(ds.get(keyword, "") or "").strip()
     return value[:max_length] or None
+
+
+def _code_string(ds: Dataset, keyword: str) -> str | None:
+    """A CS value (at most 16 characters, PS3.5 6.2), upper-cased for the selection rules."""
+    value = _as_received(ds, keyword, 16)
+    return value.upper() if value else None
 
 
 def study_identity(ds: Dataset) -> StudyIdentity:
@@ -299,10 +298,10 @@ def _header_from(
         study_instance_uid=_required_uid(ds, "StudyInstanceUID"),
         series_instance_uid=_required_uid(ds, "SeriesInstanceUID"),
         transfer_syntax_uid=transfer_syntax,
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        view_position=_text(ds, "ViewPosition"),
-        manufacturer=str(ds.get("Manufacturer", "") or "").strip() or None,
+        modality=_code_string(ds, "Modality"),
+        body_part_examined=_code_string(ds, "BodyPartExamined"),
+        view_position=_code_string(ds, "ViewPosition"),
+        manufacturer=_as_received(ds, "Manufacturer", 64),
         has_pixel_data=has_pixel_data,
         dataset_offset=dataset_offset,
         study=study_identity(ds),
